@@ -1,0 +1,48 @@
+"""Public Python API: load trained runs and turn latents into fields and files.
+
+    >>> from ddmi import api
+    >>> ae = api.load_autoencoder("runs/image-tiny-vae")       # a VAE run, or an LDM run
+    >>> field = ae.decode(ae.encode(images).mode())            # a Field
+    >>> big = ae.render(z, 256)                                 # (B, 3, 256, 256) in [-1, 1]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from . import checkpoint as ckpt
+from .errors import CheckpointError
+from .models import build_autoencoder
+
+
+def _vae_folder(run_dir: Path) -> Path:
+    info = ckpt.read_run_info(run_dir)
+    return run_dir / "vae" if info["stage"] == "ldm" else run_dir
+
+
+def load_autoencoder(run_dir: str | Path, *, device: str | torch.device = "cpu",
+                     expect_domain: str | None = None) -> torch.nn.Module:
+    """The trained D2C-VAE of a VAE run folder (latest checkpoint) or of an LDM run folder."""
+    run_dir = Path(run_dir)
+    folder = _vae_folder(run_dir)
+    cfg = ckpt.load_run_config(folder)
+    if expect_domain is not None and cfg.domain != expect_domain:
+        raise CheckpointError(f"{run_dir} is a {cfg.domain} model, not {expect_domain}")
+    if folder == run_dir:
+        latest = ckpt.latest_checkpoint(folder)
+        if latest is None:
+            raise CheckpointError(f"{run_dir} has no complete checkpoint yet")
+        weights_path = latest / "model.safetensors"
+    else:
+        weights_path = folder / "model.safetensors"
+    ae = build_autoencoder(cfg)
+    ckpt.load_into(ae, ckpt.load_weights(weights_path), what=str(weights_path))
+    ae.config = cfg
+    return ae.to(device).eval()
+
+
+def run_config(run_dir: str | Path) -> DictConfig:
+    return ckpt.load_run_config(Path(run_dir))

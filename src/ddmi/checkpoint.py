@@ -1,0 +1,188 @@
+"""Run folders and checkpoints.
+
+A run folder is self-describing and enough to sample from::
+
+    RUN/
+      config.yaml                    the resolved configuration
+      run.yaml                       stage (vae | ldm), domain, ddmi version
+      checkpoints/step-00000500/     model.safetensors (+ ema.safetensors), state.pt, COMPLETE
+      vae/                           (LDM runs) a copy of the frozen VAE: config.yaml, model.safetensors
+      logs/metrics.jsonl, logs/tb/   scalars (JSON lines; TensorBoard if installed)
+      samples/                       periodic PNG grids
+
+Weights are safetensors; the training state (optimiser, counters) is a plain dict of tensors and
+numbers loaded with ``torch.load(weights_only=True)``, so loading never executes code. A
+checkpoint is written to a temporary folder, flushed, marked ``COMPLETE`` and renamed into place,
+so a kill at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+from omegaconf import DictConfig
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import load_config, to_yaml
+from .errors import CheckpointError, ConfigError
+
+CKPT_DIR = "checkpoints"
+MARKER = "COMPLETE"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def state_dict_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------
+# run folders
+
+
+def init_run_dir(run_dir: Path, cfg: DictConfig, stage: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    info = {"stage": stage, "domain": cfg.domain, "ddmi_version": __version__}
+    atomic_write_text(run_dir / "run.yaml", yaml.safe_dump(info))
+
+
+def read_run_info(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist")
+    info_path = run_dir / "run.yaml"
+    if not info_path.is_file() or not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{run_dir} is not a ddmi run folder (no run.yaml / config.yaml)")
+    try:
+        info = yaml.safe_load(info_path.read_text())
+        assert isinstance(info, dict) and "stage" in info and "domain" in info
+    except Exception:
+        raise CheckpointError(f"{info_path} is corrupt") from None
+    return info
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    try:
+        return load_config(str(Path(run_dir) / "config.yaml"))
+    except ConfigError as exc:
+        raise CheckpointError(f"{run_dir}: {exc}") from None
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / CKPT_DIR
+    if not folder.is_dir():
+        return []
+    done = [p for p in folder.glob("step-*") if (p / MARKER).is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(run_dir: Path, step: int, *, weights: dict[str, dict[str, torch.Tensor]],
+                    state: dict, keep: int = 2) -> Path:
+    """Write ``weights`` (name -> state dict, each saved as NAME.safetensors) and ``state``.
+
+    Returns the final checkpoint folder ``RUN/checkpoints/step-XXXXXXXX``.
+    """
+    folder = Path(run_dir) / CKPT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".tmp-step-{step:08d}-"))
+    try:
+        for name, sd in weights.items():
+            save_file(sd, str(tmp / f"{name}.safetensors"), metadata={"ddmi_version": __version__})
+        torch.save(state, tmp / "state.pt")
+        for f in tmp.iterdir():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+        (tmp / MARKER).write_text(str(step))
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in folder.glob(".tmp-step-*"):
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read weights {path}: {exc}") from None
+
+
+def load_state(ckpt: Path) -> dict:
+    try:
+        return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a corrupt file
+        raise CheckpointError(f"cannot read training state {ckpt / 'state.pt'}: {exc}".splitlines()[0]) from None
+
+
+def load_into(module: torch.nn.Module, weights: dict[str, torch.Tensor], *, what: str) -> None:
+    """Load a state dict strictly; on mismatch raise a CheckpointError listing what differs."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in weights and weights[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:3])})")
+        raise CheckpointError(f"{what} does not match this architecture: " + "; ".join(parts))
+    module.load_state_dict(weights)

@@ -1,0 +1,276 @@
+"""The ``ddmi`` command: synth, train, reconstruct, sample, eval, demo, info.
+
+Errors the user can fix are printed as one line (``error: ...``) with exit status 2; pass
+``--debug`` (before the command) to see the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, DDMIError
+
+# ------------------------------------------------------------------------------------------
+# helpers
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _torch_threads() -> None:
+    import torch
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+
+
+RESUMABLE_DIFFS = ("train.steps", "ldm_train.steps", "train.log_every", "train.sample_every",
+                   "train.save_every", "ldm_train.log_every", "ldm_train.sample_every",
+                   "ldm_train.save_every", "data.num_workers", "run_dir", "vae_run")
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        key = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _config_diff(va, vb, key + ".")
+        elif va != vb:
+            keys.append(key)
+    return keys
+
+
+def _prepare_run_dir(cfg, stage: str, run_dir: Path, is_main: bool):
+    """Create the run folder, or check that an existing one belongs to this config (resume)."""
+    from omegaconf import OmegaConf
+
+    from . import checkpoint as ckpt
+    if (run_dir / "config.yaml").is_file():
+        info = ckpt.read_run_info(run_dir)
+        if info["stage"] != stage:
+            raise ConfigError(f"{run_dir} is a {info['stage']} run, not a {stage} run")
+        saved = ckpt.load_run_config(run_dir)
+        diffs = [k for k in _config_diff(OmegaConf.to_container(saved), OmegaConf.to_container(cfg))
+                 if k not in RESUMABLE_DIFFS]
+        if diffs:
+            raise ConfigError(f"{run_dir} holds a run with a different config ({', '.join(diffs[:6])}); "
+                              "use another run_dir= or the same settings to resume")
+        if is_main:
+            ckpt.atomic_write_text(run_dir / "config.yaml", ckpt.to_yaml(cfg))
+    elif is_main:
+        ckpt.init_run_dir(run_dir, cfg, stage)
+
+
+def _accelerator(tc):
+    import torch
+    from accelerate import Accelerator
+    cuda = torch.cuda.is_available()
+    return Accelerator(mixed_precision=tc.mixed_precision if cuda else "no", cpu=not cuda)
+
+
+# ------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_info(args) -> int:
+    from .config import list_presets, load_config, to_yaml
+    from .models import parameter_counts
+    if args.list or not args.config:
+        for name in list_presets():
+            print(name)
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    if not args.quiet:
+        print(to_yaml(cfg))
+    for name, count in parameter_counts(cfg).items():
+        print(f"{name}: {count}")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from .data import synthetic
+    if args.kind == "image":
+        paths = synthetic.synth_images(args.out_dir, num=args.num, resolution=args.resolution,
+                                       seed=args.seed, overwrite=args.overwrite, split_test=args.test)
+    else:  # pragma: no cover - argparse restricts the choices
+        raise ConfigError(f"unknown synth kind {args.kind}")
+    _log(f"wrote {len(paths)} {args.kind} files under {args.out_dir}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from .config import load_config, parse_overrides
+    _torch_threads()
+    overrides = parse_overrides(args.overrides)
+    if args.stage == "ldm":
+        from .stage2 import ldm_overrides
+        overrides = ldm_overrides(overrides)
+    cfg = load_config(args.config, overrides)
+    stage_key = "train" if args.stage == "vae" else "ldm_train"
+    run_dir = Path(cfg.run_dir or f"runs/{cfg.name}-{args.stage}")
+    acc = _accelerator(cfg[stage_key])
+    _prepare_run_dir(cfg, args.stage, run_dir, acc.is_main_process)
+    acc.wait_for_everyone()
+    torch.manual_seed(cfg.seed)
+    if args.stage == "vae":
+        from .stage1 import VAETask
+        task = VAETask(cfg, log=_log if acc.is_main_process else (lambda m: None))
+    else:
+        from .stage2 import LDMTask
+        task = LDMTask(cfg, run_dir, accelerator=acc, log=_log)
+    from .train import train
+    result = train(task, cfg[stage_key], run_dir, seed=cfg.seed, accelerator=acc, log=_log,
+                   progress=not args.no_progress)
+    if acc.is_main_process:
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.last_logs.items())
+        _log(f"{'stopped' if result.interrupted else 'finished'} at step {result.step}: {metrics}")
+        _log(f"run folder: {run_dir}")
+    return 130 if result.interrupted else 0
+
+
+def cmd_reconstruct(args) -> int:
+    import torch
+
+    from .api import load_autoencoder
+    from .data.images import load_image, save_grid, save_image
+    from .domains.image import resize
+    _torch_threads()
+    ae = load_autoencoder(args.run_dir)
+    if ae.domain != "image":
+        raise ConfigError(f"reconstruct for the {ae.domain} domain is not available yet")
+    out = Path(args.out)
+    r = ae.resolution
+    res = args.resolution or r
+    rows = []
+    for path in args.inputs:
+        img = torch.from_numpy(load_image(path)).permute(2, 0, 1).float() / 127.5 - 1.0
+        x = resize(img[None], r)
+        with torch.inference_mode():
+            z = ae.encode(x).mode()
+            rec = ae.render(z, res)
+        target = out / f"{Path(path).stem}_rec{res}.png"
+        if target.exists() and not args.overwrite:
+            raise DDMIError(f"{target} exists (pass --overwrite to replace it)")
+        save_image(rec[0], target)
+        rows.append((resize(img[None], res)[0], rec[0]))
+    save_grid(torch.stack([t for pair in rows for t in pair]), out / "reconstructions.png", nrow=2)
+    _log(f"wrote {len(rows)} reconstructions at {res}x{res} to {out} (+ reconstructions.png: input | output)")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .stage2 import sample_command
+    _torch_threads()
+    return sample_command(args, log=_log)
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import eval_command
+    _torch_threads()
+    return eval_command(args, log=_log)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    _torch_threads()
+    return run_demo(Path(args.out), quick=args.quick, log=_log)
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ddmi", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="show a preset's resolved config and parameter counts")
+    s.add_argument("config", nargs="?", help="preset name or YAML path")
+    s.add_argument("overrides", nargs="*", help="key=value overrides")
+    s.add_argument("--list", action="store_true", help="list the presets")
+    s.add_argument("--quiet", "-q", action="store_true", help="only the parameter counts")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("synth", help="write a synthetic dataset")
+    s.add_argument("kind", choices=["image"])
+    s.add_argument("out_dir")
+    s.add_argument("--num", type=int, default=1000)
+    s.add_argument("--resolution", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--test", type=int, default=0, help="also write this many test items")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("train", help="train stage 1 (vae) or stage 2 (ldm); re-run to resume")
+    s.add_argument("stage", choices=["vae", "ldm"])
+    s.add_argument("config", help="preset name or YAML path")
+    s.add_argument("overrides", nargs="*", help="key=value overrides (ldm: vae=VAE_RUN_DIR)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("reconstruct", help="encode images and render them at any resolution")
+    s.add_argument("run_dir")
+    s.add_argument("inputs", nargs="+")
+    s.add_argument("--out", required=True)
+    s.add_argument("--resolution", type=int, default=None)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_reconstruct)
+
+    s = sub.add_parser("sample", help="generate samples from an LDM run")
+    s.add_argument("run_dir")
+    s.add_argument("--num", type=int, default=16)
+    s.add_argument("--out", required=True)
+    s.add_argument("--resolution", type=int, action="append", default=None,
+                   help="render size (repeat for several)")
+    s.add_argument("--sampler", default=None)
+    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--eta", type=float, default=0.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--interpolate", action="store_true",
+                   help="write a strip of --num samples between the noises of seeds --seed and --seed+1")
+    s.add_argument("--no-ema", action="store_true", help="use the online weights instead of the EMA")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("eval", help="measure a run folder or a folder of generated files")
+    s.add_argument("path")
+    s.add_argument("--metric", action="append", default=None)
+    s.add_argument("--num", type=int, default=None)
+    s.add_argument("--ref", default=None, help="reference folder (default: the run's data)")
+    s.add_argument("--i3d", default=None, help="local I3D weights for FVD")
+    s.add_argument("--batch-size", type=int, default=50)
+    s.add_argument("--resolution", type=int, default=None)
+    s.add_argument("--sampler", default=None)
+    s.add_argument("--steps", type=int, default=None)
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("demo", help="synthetic data -> VAE -> LDM -> samples, in minutes on a CPU")
+    s.add_argument("--out", default="demo_out")
+    s.add_argument("--quick", action="store_true", help="a much shorter run (for smoke tests)")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DDMIError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

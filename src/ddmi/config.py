@@ -1,0 +1,266 @@
+"""Typed configuration: schema, preset registry, YAML files and ``key=value`` overrides.
+
+A configuration holds everything about one model family: the data, the stage-1 D2C-VAE, its
+training, the stage-2 latent diffusion model and its training. Presets are YAML files shipped in
+``ddmi/presets``; a preset name or a path to a YAML file selects one, and ``key=value`` overrides
+(dotted keys, YAML values) adjust it. Unknown keys and wrong types are rejected with a
+:class:`~ddmi.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+DOMAINS = ("image",)
+SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp2m")
+
+
+@dataclass
+class DataConfig:
+    dir: Optional[str] = None          # training data folder
+    test_dir: Optional[str] = None     # optional held-out folder (reconstruction previews, rFID)
+    resolution: int = 256              # encoder input size (the latent is resolution / f)
+    hflip: bool = True                 # random horizontal flips
+    skip_bad: bool = False             # skip unreadable files with a warning instead of failing
+    num_workers: int = 0               # DataLoader worker processes
+
+
+@dataclass
+class VAEConfig:
+    """Conv D2C-VAE (names follow the official ``ddconfig``)."""
+
+    ch: int = 128
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 4])
+    num_res_blocks: int = 2
+    z_channels: int = 128
+    embed_dim: int = 64
+    attn_resolutions: list[int] = field(default_factory=list)
+    hdbpe_resolutions: list[int] = field(default_factory=lambda: [128, 64])
+    plane_channels: int = 64
+    mid_attn_heads: int = 1
+    dropout: float = 0.0
+
+
+@dataclass
+class MLPConfig:
+    hidden: int = 256
+    scale_embed_dim: int = 64
+
+
+@dataclass
+class VAELossConfig:
+    kl_max: float = 0.5                # final KL weight
+    kl_anneal: bool = True             # ramp the KL weight linearly from kl_const
+    kl_const: float = 1e-4
+    kl_anneal_portion: float = 0.9     # fraction of the run spent ramping
+    sn_reg: bool = True                # NVAE spectral regulariser on the VAE convolutions
+    sn_anneal: bool = True             # weight exp((1-k) ln sn_init + k ln sn_weight), k = KL weight
+    sn_init: float = 5.0
+    sn_weight: float = 0.1
+    sn_power_iters: int = 4
+    multiscale: bool = True            # train on 1x / 1.5x / 2x crops with scale injection
+    lpips_weights: Optional[str] = None  # local LPIPS weights file; none -> no perceptual loss
+    lpips_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000                  # optimiser steps
+    batch_size: int = 8                # per process, per micro-batch
+    grad_accum: int = 1                # micro-batches per optimiser step
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    warmup_steps: int = 0              # linear learning-rate warm-up
+    cosine: bool = False               # cosine decay to min_lr after warm-up
+    min_lr: float = 1e-6
+    grad_clip: float = 0.0             # 0 = off
+    mixed_precision: str = "no"        # no | fp16 | bf16 (GPU only; CPU always runs fp32)
+    log_every: int = 10
+    sample_every: int = 0              # 0 = only at the end
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    max_nonfinite: int = 5             # consecutive non-finite steps tolerated before stopping
+
+
+@dataclass
+class UNetConfig:
+    model_channels: int = 224
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 6])
+    num_res_blocks: int = 2
+    attention_resolutions: list[int] = field(default_factory=lambda: [8, 4, 2])
+    num_head_channels: int = 32
+    dropout: float = 0.0
+
+
+@dataclass
+class LDMConfig:
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    mixed_prediction: bool = True
+    mixed_init: float = -6.0
+    latent_scale: str = "auto"         # "auto" (1/std of the training latents) or a number
+    ema_decay: float = 0.9999
+    ema_every: int = 10
+    ema_after: int = 100
+    sampler: str = "ddim"
+    sample_steps: int = 50
+    cache_latents: bool = True         # encode the dataset once (means + stds) and reuse it
+
+
+@dataclass
+class DDMIConfig:
+    name: str = "custom"
+    domain: str = "image"
+    seed: int = 0
+    run_dir: Optional[str] = None
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+    loss: VAELossConfig = field(default_factory=VAELossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ldm: LDMConfig = field(default_factory=LDMConfig)
+    ldm_train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, weight_decay=0.0))
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def list_presets() -> list[str]:
+    folder = resources.files("ddmi") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(source: str) -> tuple[dict, str]:
+    path = Path(source)
+    if source.endswith((".yaml", ".yml")) or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {source} does not exist")
+        text = path.read_text()
+    else:
+        preset = resources.files("ddmi") / "presets" / f"{source}.yaml"
+        if not preset.is_file():
+            raise ConfigError(f"unknown preset '{source}' (available: {', '.join(list_presets())}; "
+                              "or give a path to a .yaml file)")
+        text = preset.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse {source}: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must hold a mapping of config keys")
+    return data, source
+
+
+def _explain(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+    msg = str(exc).splitlines()[0]
+    if "not in struct" in msg or "Key '" in msg and "not" in msg:
+        return f"unknown config key '{key}'"
+    return f"bad value for config key '{key}': {msg}"
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["a.b=1", "c=[1,2]"]`` -> nested dict with YAML-parsed values."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with another override")
+        node[parts[-1]] = value
+    return tree
+
+
+def load_config(source: str | dict, overrides: list[str] | dict | None = None) -> DictConfig:
+    """Load a preset name, YAML path or dict, apply overrides, validate, and return it (read-only)."""
+    if isinstance(source, dict):
+        data, name = source, "<dict>"
+    else:
+        data, name = _read_yaml(source)
+    schema = OmegaConf.structured(DDMIConfig)
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    try:
+        cfg = OmegaConf.merge(schema, data)
+        if overrides:
+            cfg = OmegaConf.merge(cfg, overrides)
+        OmegaConf.to_container(cfg, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{name}: {_explain(exc)}") from None
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject nonsense values before any work starts."""
+
+    def check(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"bad value for config key '{key}': {why}")
+
+    check(cfg.domain in DOMAINS, "domain", f"'{cfg.domain}' is not one of {', '.join(DOMAINS)}")
+    f = 2 ** (len(cfg.vae.ch_mult) - 1)
+    check(len(cfg.vae.ch_mult) >= 1, "vae.ch_mult", "needs at least one level")
+    check(cfg.data.resolution > 0 and cfg.data.resolution % f == 0, "data.resolution",
+          f"{cfg.data.resolution} is not a positive multiple of the encoder's downsampling factor {f}")
+    valid_res = {cfg.data.resolution // 2 ** i for i in range(len(cfg.vae.ch_mult))}
+    for r in cfg.vae.hdbpe_resolutions:
+        check(r in valid_res and r != cfg.data.resolution, "vae.hdbpe_resolutions",
+              f"{r} is not a decoder resolution below {cfg.data.resolution} "
+              f"(choose from {sorted(valid_res - {cfg.data.resolution})})")
+    check(cfg.vae.plane_channels > 0 and cfg.vae.ch > 0, "vae.ch", "must be positive")
+    for section in ("train", "ldm_train"):
+        t = cfg[section]
+        check(t.steps > 0, f"{section}.steps", "must be > 0")
+        check(t.batch_size > 0, f"{section}.batch_size", "must be > 0")
+        check(t.grad_accum > 0, f"{section}.grad_accum", "must be > 0")
+        check(t.lr > 0, f"{section}.lr", "must be > 0")
+        check(t.mixed_precision in ("no", "fp16", "bf16"), f"{section}.mixed_precision",
+              "must be no, fp16 or bf16")
+        check(t.save_every > 0, f"{section}.save_every", "must be > 0")
+        check(t.log_every > 0, f"{section}.log_every", "must be > 0")
+        check(t.sample_every >= 0, f"{section}.sample_every", "must be >= 0")
+        check(t.keep_checkpoints >= 1, f"{section}.keep_checkpoints", "must be >= 1")
+    check(cfg.ldm.sampler in SAMPLER_NAMES, "ldm.sampler",
+          f"'{cfg.ldm.sampler}' is not one of {', '.join(SAMPLER_NAMES)}")
+    check(cfg.ldm.sample_steps > 0, "ldm.sample_steps", "must be > 0")
+    if cfg.ldm.latent_scale != "auto":
+        try:
+            ok = float(cfg.ldm.latent_scale) > 0
+        except ValueError:
+            ok = False
+        check(ok, "ldm.latent_scale", "must be 'auto' or a positive number")
+    check(0 < cfg.ldm.ema_decay < 1, "ldm.ema_decay", "must be in (0, 1)")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def with_overrides(cfg: DictConfig, overrides: dict) -> DictConfig:
+    """A copy of a validated config with ``overrides`` (a nested dict) applied and re-validated."""
+    return load_config(OmegaConf.to_container(cfg, resolve=True), overrides)
+
+
+def schema_defaults() -> dict[str, Any]:
+    return dataclasses.asdict(DDMIConfig())

@@ -1,0 +1,111 @@
+"""Stage 1: training the D2C-VAE (``ddmi train vae``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from . import checkpoint as ckpt
+from .data.images import ImageFolderDataset, save_grid
+from .errors import ConfigError
+from .models import build_autoencoder
+from .train import Task
+
+
+def kl_weight(cfg: DictConfig, step: int) -> float:
+    """KL weight: a linear ramp from ``kl_const`` to ``kl_max`` over the first
+    ``kl_anneal_portion`` of the run (or ``kl_max`` throughout without annealing)."""
+    lc = cfg.loss
+    if not lc.kl_anneal:
+        return lc.kl_max
+    ramp = max(1.0, lc.kl_anneal_portion * cfg.train.steps)
+    return min(lc.kl_max, lc.kl_const + (lc.kl_max - lc.kl_const) * step / ramp)
+
+
+def spectral_weight(cfg: DictConfig, kl: float) -> float:
+    """NVAE weight of the spectral regulariser: ``exp((1-k) ln sn_init + k ln sn_weight)``."""
+    lc = cfg.loss
+    if not lc.sn_reg:
+        return 0.0
+    if not lc.sn_anneal:
+        return lc.sn_weight
+    return math.exp((1 - kl) * math.log(lc.sn_init) + kl * math.log(lc.sn_weight))
+
+
+class _Forward(nn.Module):
+    """Adapter so DDP wraps one module whose ``forward`` is the whole training loss."""
+
+    def __init__(self, autoencoder: nn.Module, perceptual: nn.Module | None, perceptual_weight: float):
+        super().__init__()
+        self.ae = autoencoder
+        self.perceptual = perceptual
+        self.perceptual_weight = perceptual_weight
+        if perceptual is not None:
+            perceptual.requires_grad_(False)
+
+    def forward(self, images, rand, **kw):
+        return self.ae(images, rand, perceptual=self.perceptual,
+                       perceptual_weight=self.perceptual_weight, **kw)
+
+
+def load_perceptual(cfg: DictConfig, log=print) -> nn.Module | None:
+    if cfg.loss.lpips_weights is None:
+        log("LPIPS perceptual loss off (set loss.lpips_weights=PATH to a local LPIPS weights file to enable)")
+        return None
+    try:
+        from .losses.lpips import LPIPS
+    except ImportError:
+        raise ConfigError("loss.lpips_weights is set but this ddmi build has no LPIPS module") from None
+    return LPIPS.from_file(cfg.loss.lpips_weights)
+
+
+class VAETask(Task):
+    stage = "vae"
+
+    def __init__(self, cfg: DictConfig, *, log=print):
+        if cfg.data.dir is None:
+            raise ConfigError("no training data: set data.dir=FOLDER")
+        self.cfg = cfg
+        r = cfg.data.resolution
+        load_res = 2 * r if cfg.loss.multiscale else r
+        self.dataset = ImageFolderDataset(cfg.data.dir, resolution=load_res, hflip=False,
+                                          skip_bad=cfg.data.skip_bad)
+        self.num_workers = cfg.data.num_workers
+        self.autoencoder = build_autoencoder(cfg)
+        self.module = _Forward(self.autoencoder, load_perceptual(cfg, log), cfg.loss.lpips_weight)
+        preview_dir = cfg.data.test_dir or cfg.data.dir
+        preview = ImageFolderDataset(preview_dir, resolution=2 * r, skip_bad=True)
+        self.preview = torch.stack([preview[i] for i in range(min(8, len(preview)))])
+
+    def parameters(self):
+        return [p for p in self.autoencoder.parameters() if p.requires_grad]
+
+    def random_inputs(self, generator, n):
+        return self.autoencoder.random_inputs(generator, n, hflip=self.cfg.data.hflip)
+
+    def loss_kwargs(self, step):
+        k = kl_weight(self.cfg, step)
+        return {"kl_weight": k, "sn_weight": spectral_weight(self.cfg, k)}
+
+    def weights(self):
+        return {"model": ckpt.state_dict_for_saving(self.autoencoder)}
+
+    def load_weights(self, weights):
+        ckpt.load_into(self.autoencoder, weights["model"], what="checkpoint model")
+
+    def write_samples(self, step: int, folder: Path) -> list[Path]:
+        """Rows: inputs (at 2R), reconstructions at R (upscaled for display) and at 2R."""
+        ae, r = self.autoencoder, self.cfg.data.resolution
+        device = next(ae.parameters()).device
+        x = self.preview.to(device)
+        z = ae.encode(x).mode()
+        rec1 = torch.nn.functional.interpolate(ae.render(z, r), scale_factor=2, mode="nearest")
+        rec2 = ae.render(z, 2 * r)
+        grid = torch.cat([x, rec1, rec2]).cpu()
+        path = folder / f"recon-step{step:07d}.png"
+        save_grid(grid, path, nrow=len(x))
+        return [path]

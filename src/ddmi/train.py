@@ -1,0 +1,338 @@
+"""One trainer for both stages, on accelerate.
+
+The trainer owns the loop: learning-rate schedule, gradient accumulation (no gradient sync on
+all but the last micro-batch), non-finite detection, logging, periodic samples, atomic
+checkpoints and resume. What is trained is a :class:`Task` (stage 1 or stage 2), which owns the
+data, the module and what to save.
+
+Determinism: the examples of optimiser step ``s``, micro-batch ``m`` are global positions
+``[(s*G + m) * GB, (s*G + m + 1) * GB)`` of a sequence of per-epoch permutations seeded by the
+run seed (``GB`` = per-process batch x processes); process ``r`` takes its slice. All training
+randomness (flips, crops, posterior noise, ...) is drawn for the whole global batch from a
+generator seeded by ``(seed, s, m)`` and sliced the same way. So a resumed run repeats exactly
+what an uninterrupted one does, and N processes see what one process with the same global batch
+sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from . import checkpoint as ckpt
+from .errors import DDMIError
+
+NONFINITE_HELP = ("the run's last checkpoint is intact. Remedies: raise the spectral regularisation "
+                  "(loss.sn_weight / loss.sn_init, stage 1), lower the learning rate (train.lr), or "
+                  "set train.grad_clip")
+
+
+class Task:
+    """What the trainer trains. Subclasses define the data, the module and the extras."""
+
+    stage: str
+    module: nn.Module
+    dataset: Dataset
+
+    def random_inputs(self, generator: torch.Generator, n: int) -> dict[str, Any]:
+        """Randomness for ``n`` examples: tensors with leading dim ``n`` (sliced per process) or
+        plain values shared by the batch."""
+        return {}
+
+    def loss_kwargs(self, step: int) -> dict[str, float]:
+        return {}
+
+    def weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"model": ckpt.state_dict_for_saving(self.module)}
+
+    def load_weights(self, weights: dict[str, dict[str, torch.Tensor]]) -> None:
+        ckpt.load_into(self.module, weights["model"], what="checkpoint model")
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def after_optimizer_step(self, step: int) -> None:
+        pass
+
+    def write_samples(self, step: int, folder: Path) -> list[Path]:
+        return []
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+
+# ------------------------------------------------------------------------------------------
+# deterministic data order
+
+
+def global_positions(step: int, micro: int, grad_accum: int, global_batch: int) -> range:
+    k = step * grad_accum + micro
+    return range(k * global_batch, (k + 1) * global_batch)
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Yields the dataset indices of this process's micro-batches from ``start_step`` on."""
+
+    def __init__(self, n: int, *, seed: int, batch_size: int, grad_accum: int, rank: int,
+                 world: int, start_step: int, steps: int):
+        self.n, self.seed, self.bs, self.ga = n, seed, batch_size, grad_accum
+        self.rank, self.world, self.start, self.steps = rank, world, start_step, steps
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _index(self, position: int) -> int:
+        epoch, i = divmod(position, self.n)
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return int(self._perms[epoch][i])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        gb = self.bs * self.world
+        for step in range(self.start, self.steps):
+            for micro in range(self.ga):
+                pos = global_positions(step, micro, self.ga, gb)
+                mine = pos[self.rank * self.bs:(self.rank + 1) * self.bs]
+                yield [self._index(p) for p in mine]
+
+    def __len__(self) -> int:
+        return (self.steps - self.start) * self.ga
+
+
+def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.default_rng([seed, step, micro]).integers(2**62)))
+
+
+def slice_inputs(inputs: dict[str, Any], rank: int, bs: int, device) -> dict[str, Any]:
+    out = {}
+    for k, v in inputs.items():
+        if isinstance(v, torch.Tensor) and v.dim() > 0:
+            out[k] = v[rank * bs:(rank + 1) * bs].to(device)
+        else:
+            out[k] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def learning_rate(tc: DictConfig, step: int) -> float:
+    """Linear warm-up to ``lr``, then constant or cosine decay to ``min_lr``."""
+    if tc.warmup_steps and step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    if not tc.cosine:
+        return tc.lr
+    span = max(1, tc.steps - tc.warmup_steps)
+    t = min(1.0, (step - tc.warmup_steps) / span)
+    return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * t))
+
+
+class MetricLog:
+    """JSON-lines scalars (always) and TensorBoard scalars (when tensorboard is installed)."""
+
+    def __init__(self, folder: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = folder / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(folder / "tb"))
+            except Exception:  # noqa: BLE001 - tensorboard is optional
+                self.tb = None
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+@dataclass
+class TrainResult:
+    step: int
+    interrupted: bool
+    last_logs: dict[str, float]
+
+
+class _Interrupt:
+    """Turns SIGINT / SIGTERM into a flag checked between optimiser steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: Accelerator | None = None,
+          log=print, progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Run (or resume) training of ``task`` with training config ``tc`` in ``run_dir``.
+
+    ``stop_after``: stop (with a checkpoint) once this step is reached; used by tests.
+    """
+    acc = accelerator or Accelerator(mixed_precision=tc.mixed_precision if torch.cuda.is_available() else "no",
+                                     cpu=not torch.cuda.is_available())
+    device = acc.device
+    rank, world = acc.process_index, acc.num_processes
+    main = acc.is_main_process
+    task.module.to(device)
+
+    betas = tuple(tc.betas)
+    optimizer = torch.optim.AdamW(task.parameters(), lr=tc.lr, betas=betas, weight_decay=tc.weight_decay)
+    start_step = 0
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is not None:
+        state = ckpt.load_state(latest)
+        weights = {p.name[:-12]: ckpt.load_weights(p) for p in latest.glob("*.safetensors")}
+        task.load_weights(weights)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise ckpt.CheckpointError(f"optimizer state in {latest} does not match: {exc}") from None
+        task.load_extra_state(state.get("extra", {}))
+        start_step = int(state["step"])
+        if main:
+            log(f"resuming {run_dir} from step {start_step} ({latest.name})")
+    model, optimizer = acc.prepare(task.module, optimizer)
+
+    sampler = StepBatchSampler(len(task.dataset), seed=seed, batch_size=tc.batch_size,
+                               grad_accum=tc.grad_accum, rank=rank, world=world,
+                               start_step=start_step, steps=tc.steps)
+    loader = DataLoader(task.dataset, batch_sampler=sampler, num_workers=getattr(task, "num_workers", 0),
+                        persistent_workers=False)
+    batches = iter(loader)
+
+    logger = MetricLog(run_dir / "logs", enabled=main)
+    samples_dir = run_dir / "samples"
+
+    def save(step: int) -> None:
+        acc.wait_for_everyone()
+        if main:
+            state = {"step": step, "optimizer": optimizer.state_dict(), "extra": task.extra_state()}
+            ckpt.save_checkpoint(run_dir, step, weights=task.weights(), state=state, keep=tc.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    def samples(step: int) -> None:
+        if main:
+            task.module.eval()
+            with torch.inference_mode():
+                task.write_samples(step, samples_dir)
+            task.module.train()
+
+    bar = None
+    if main and progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=tc.steps, initial=start_step, desc=f"train {task.stage}", dynamic_ncols=True)
+
+    step, nonfinite, last_logs, interrupted = start_step, 0, {}, False
+    t0 = time.perf_counter()
+    task.module.train()
+    with _Interrupt() as interrupt:
+        while step < tc.steps:
+            lr = learning_rate(tc, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            sums: dict[str, float] = {}
+            bad = torch.zeros((), device=device)
+            for micro in range(tc.grad_accum):
+                images = next(batches)
+                if isinstance(images, (list, tuple)):
+                    images = images[0]
+                gen = step_generator(seed, step, micro)
+                rand = task.random_inputs(gen, tc.batch_size * world)
+                rand = slice_inputs(rand, rank, tc.batch_size, device)
+                sync = contextlib.nullcontext() if micro == tc.grad_accum - 1 else acc.no_sync(model)
+                with sync:
+                    with acc.autocast():
+                        loss, logs = model(images.to(device), rand, **task.loss_kwargs(step))
+                    if not torch.isfinite(loss):
+                        bad += 1
+                        loss = loss * 0.0  # keep the collective calls in step across processes
+                    acc.backward(loss / tc.grad_accum)
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) / tc.grad_accum
+            grads_ok = all(torch.isfinite(p.grad).all() for p in task.parameters() if p.grad is not None)
+            bad += 0 if grads_ok else 1
+            bad = acc.reduce(bad, reduction="sum") if world > 1 else bad
+            if bad.item() > 0:
+                optimizer.zero_grad(set_to_none=True)
+                nonfinite += 1
+                if main:
+                    log(f"step {step}: non-finite loss or gradient, step skipped ({nonfinite} in a row)")
+                if nonfinite >= tc.max_nonfinite:
+                    logger.close()
+                    raise DDMIError(f"training diverged: non-finite loss or gradients for {nonfinite} "
+                                    f"steps in a row at step {step}; {NONFINITE_HELP}")
+                step += 1
+                continue
+            nonfinite = 0
+            if tc.grad_clip > 0:
+                acc.clip_grad_norm_(task.parameters(), tc.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            task.after_optimizer_step(step)
+            step += 1
+            last_logs = {**sums, "lr": lr}
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in sums.items()}, refresh=False)
+            if step % tc.log_every == 0 or step == tc.steps:
+                last_logs["sec_per_step"] = (time.perf_counter() - t0) / max(1, step - start_step)
+                logger.write(step, last_logs)
+            if tc.sample_every and step % tc.sample_every == 0 and step < tc.steps:
+                samples(step)
+            if step % tc.save_every == 0 or step == tc.steps:
+                save(step)
+            if interrupt.requested or (stop_after is not None and step >= stop_after):
+                interrupted = interrupt.requested
+                if step % tc.save_every != 0 and step != tc.steps:
+                    save(step)
+                if main and interrupted:
+                    log(f"interrupted: saved a checkpoint at step {step}; run the same command to resume")
+                break
+    if bar is not None:
+        bar.close()
+    if step >= tc.steps and not interrupted:
+        samples(step)
+    logger.close()
+    acc.wait_for_everyone()
+    return TrainResult(step=step, interrupted=interrupted, last_logs=last_logs)
