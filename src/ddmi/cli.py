@@ -114,6 +114,13 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, overrides)
     stage_key = "train" if args.stage == "vae" else "ldm_train"
     run_dir = Path(cfg.run_dir or f"runs/{cfg.name}-{args.stage}")
+    if args.stage == "ldm":
+        from .stage2 import stage2_config
+        vae_dir = run_dir / "vae" if (run_dir / "vae" / "config.yaml").is_file() else None
+        if vae_dir is None and cfg.vae_run is None:
+            raise ConfigError("no VAE: pass vae=VAE_RUN_DIR (a `ddmi train vae` run folder)")
+        cfg = stage2_config(cfg, vae_dir or Path(cfg.vae_run),
+                            data_dir_overridden="dir" in overrides.get("data", {}))
     acc = _accelerator(cfg[stage_key])
     _prepare_run_dir(cfg, args.stage, run_dir, acc.is_main_process)
     acc.wait_for_everyone()

@@ -123,6 +123,7 @@ class DDMIConfig:
     domain: str = "image"
     seed: int = 0
     run_dir: Optional[str] = None
+    vae_run: Optional[str] = None      # stage 2: the VAE run folder it was trained on
     data: DataConfig = field(default_factory=DataConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)

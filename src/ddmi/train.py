@@ -273,6 +273,7 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
                 group["lr"] = lr
             sums: dict[str, float] = {}
             bad = torch.zeros((), device=device)
+            logged: dict[str, torch.Tensor] = {}
             for micro in range(tc.grad_accum):
                 images = next(batches)
                 if isinstance(images, (list, tuple)):
@@ -289,7 +290,12 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
                         loss = loss * 0.0  # keep the collective calls in step across processes
                     acc.backward(loss / tc.grad_accum)
                 for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) / tc.grad_accum
+                    logged[k] = logged.get(k, 0.0) + v.detach().float() / tc.grad_accum
+            if logged:
+                names = sorted(logged)
+                vec = torch.stack([torch.as_tensor(logged[k], device=device) for k in names])
+                vec = acc.reduce(vec, reduction="mean") if world > 1 else vec
+                sums = {k: float(v) for k, v in zip(names, vec)}
             grads_ok = all(torch.isfinite(p.grad).all() for p in task.parameters() if p.grad is not None)
             bad += 0 if grads_ok else 1
             bad = acc.reduce(bad, reduction="sum") if world > 1 else bad

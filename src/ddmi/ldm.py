@@ -1,0 +1,58 @@
+"""Building and loading the stage-2 latent diffusion model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from . import checkpoint as ckpt
+from .diffusion import LatentDiffusion
+from .errors import CheckpointError
+from .nn.unet import UNet
+
+
+def build_denoiser(cfg: DictConfig, latent_shape: tuple[int, ...]) -> UNet:
+    u = cfg.ldm.unet
+    c = latent_shape[0]
+    return UNet(in_channels=c, out_channels=c, model_channels=u.model_channels,
+                channel_mult=tuple(u.channel_mult), num_res_blocks=u.num_res_blocks,
+                attention_resolutions=tuple(u.attention_resolutions),
+                num_head_channels=u.num_head_channels, dropout=u.dropout,
+                norm_groups=min(32, u.model_channels))
+
+
+def build_diffusion(cfg: DictConfig, latent_shape: tuple[int, ...], latent_scale: float = 1.0) -> LatentDiffusion:
+    return LatentDiffusion(build_denoiser(cfg, latent_shape), latent_channels=latent_shape[0],
+                           mixed_prediction=cfg.ldm.mixed_prediction, mixed_init=cfg.ldm.mixed_init,
+                           latent_scale=latent_scale)
+
+
+def load_diffusion(run_dir: Path, latent_shape: tuple[int, ...], *, ema: bool = True,
+                   device="cpu") -> LatentDiffusion:
+    """The (EMA) diffusion model of an LDM run folder's latest checkpoint."""
+    cfg = ckpt.load_run_config(run_dir)
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None:
+        raise CheckpointError(f"{run_dir} has no complete checkpoint yet")
+    model = build_diffusion(cfg, latent_shape)
+    if ema and (latest / "ema.safetensors").is_file():
+        weights = ckpt.load_weights(latest / "ema.safetensors")
+        prefix = "ema_model."
+        weights = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    else:
+        weights = ckpt.load_weights(latest / "model.safetensors")
+    ckpt.load_into(model, weights, what=f"{latest}")
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation between two noise tensors of the same shape."""
+    af, bf = a.flatten(), b.flatten()
+    cos = (af @ bf / (af.norm() * bf.norm())).clamp(-1, 1)
+    theta = torch.arccos(cos)
+    if theta.abs() < 1e-4:
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / torch.sin(theta)

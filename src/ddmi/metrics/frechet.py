@@ -1,0 +1,100 @@
+"""Fréchet distance between Gaussians and the kernel inception distance (KID).
+
+Both work on feature matrices (N, D) produced by any embedding network (Inception-v3 pool
+features for FID/KID, I3D logits for FVD).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.linalg
+
+__all__ = ["feature_stats", "frechet_distance", "kid"]
+
+
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and unbiased covariance (D, D) of a feature matrix (N, D), in float64."""
+    feats = np.asarray(features, dtype=np.float64)
+    if feats.ndim != 2:
+        raise ValueError(f"features must be a 2-D array (N, D), got shape {feats.shape}")
+    if feats.shape[0] < 2:
+        raise ValueError(f"need at least 2 feature vectors for a covariance, got {feats.shape[0]}")
+    return feats.mean(axis=0), np.cov(feats, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+    d^2 = ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^{1/2})
+
+    The matrix square root is scipy's ``sqrtm`` (the pytorch-fid / clean-fid choice). When the
+    product is singular enough that ``sqrtm`` returns non-finite values, ``eps`` is added to both
+    diagonals and the root recomputed; imaginary parts from round-off are discarded (a large
+    imaginary component raises, since it means the inputs are not covariance matrices).
+    """
+    mu1 = np.atleast_1d(np.asarray(mu1, dtype=np.float64))
+    mu2 = np.atleast_1d(np.asarray(mu2, dtype=np.float64))
+    sigma1 = np.atleast_2d(np.asarray(sigma1, dtype=np.float64))
+    sigma2 = np.atleast_2d(np.asarray(sigma2, dtype=np.float64))
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"mean vectors have different shapes {mu1.shape} and {mu2.shape}")
+    if sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0],) * 2:
+        raise ValueError(
+            f"covariances {sigma1.shape}, {sigma2.shape} do not match mean dimension {mu1.shape[0]}"
+        )
+
+    diff = mu1 - mu2
+    with warnings.catch_warnings():  # singular products are expected (N < D) and handled below
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(sigma1.shape[0]) * eps
+            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        imag = np.abs(np.diagonal(covmean).imag).max()
+        if imag > 1e-3:
+            raise ValueError(f"matrix square root has a large imaginary component ({imag:.3g})")
+        covmean = covmean.real
+    dist = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean)
+    return float(dist)
+
+
+def kid(
+    feats1: np.ndarray,
+    feats2: np.ndarray,
+    *,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Kernel inception distance (Bińkowski et al., 2018): mean and std over random subsets.
+
+    Each subset estimate is the unbiased MMD^2 with the polynomial kernel
+    k(x, y) = (x.y / d + 1)^3 between ``m = min(subset_size, N1, N2)`` vectors drawn without
+    replacement from each set (as in clean-fid / StyleGAN2-ADA / torch-fidelity). Unbiased means
+    identically distributed sets give values scattered around 0, possibly negative.
+    """
+    x_all = np.asarray(feats1, dtype=np.float64)
+    y_all = np.asarray(feats2, dtype=np.float64)
+    if x_all.ndim != 2 or y_all.ndim != 2 or x_all.shape[1] != y_all.shape[1]:
+        raise ValueError(f"feature matrices must be (N, D) with equal D: {x_all.shape}, {y_all.shape}")
+    if num_subsets < 1:
+        raise ValueError("num_subsets must be >= 1")
+    d = x_all.shape[1]
+    m = min(subset_size, x_all.shape[0], y_all.shape[0])
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 samples per set, got {x_all.shape[0]} and {y_all.shape[0]}")
+
+    rng = np.random.default_rng(seed)
+    estimates = np.empty(num_subsets)
+    for i in range(num_subsets):
+        x = x_all[rng.choice(x_all.shape[0], m, replace=False)]
+        y = y_all[rng.choice(y_all.shape[0], m, replace=False)]
+        kxx = (x @ x.T / d + 1.0) ** 3
+        kyy = (y @ y.T / d + 1.0) ** 3
+        kxy = (x @ y.T / d + 1.0) ** 3
+        within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        estimates[i] = within - 2.0 * kxy.sum() / (m * m)
+    return float(estimates.mean()), float(estimates.std())

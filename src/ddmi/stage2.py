@@ -1,0 +1,267 @@
+"""Stage 2: training the latent diffusion model on a frozen D2C-VAE, and sampling from it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import Dataset
+
+from . import checkpoint as ckpt
+from .api import load_autoencoder
+from .config import load_config
+from .data.images import ImageFolderDataset, save_grid, save_image
+from .diffusion import sample as diffusion_sample
+from .domains import image as image_domain
+from .ema import EMA
+from .errors import ConfigError, DDMIError
+from .ldm import build_diffusion, load_diffusion, slerp
+from .train import Task
+
+STAGE2_SECTIONS = ("ldm", "ldm_train", "seed", "name", "run_dir")
+
+
+def ldm_overrides(overrides: dict) -> dict:
+    """Command-line overrides of ``ddmi train ldm``: ``vae=DIR`` names the VAE run, and
+    ``train.*`` means the LDM's training section (``ldm_train.*``)."""
+    out = dict(overrides)
+    if "vae" in out and not isinstance(out["vae"], dict):
+        out["vae_run"] = str(out.pop("vae"))
+    if "train" in out:
+        out["ldm_train"] = {**out.get("ldm_train", {}), **out.pop("train")}
+    return out
+
+
+def stage2_config(preset_cfg: DictConfig, vae_run: Path, *, data_dir_overridden: bool = False) -> DictConfig:
+    """The LDM run's config: the VAE run's config (architecture, data) + the stage-2 sections.
+
+    The data folder is the VAE's unless ``data.dir`` was given on the command line."""
+    vae_cfg = ckpt.load_run_config(vae_run)
+    if vae_cfg.domain != preset_cfg.domain:
+        raise ConfigError(f"vae={vae_run} is a {vae_cfg.domain} model; this config is for {preset_cfg.domain}")
+    merged = OmegaConf.to_container(vae_cfg, resolve=True)
+    preset = OmegaConf.to_container(preset_cfg, resolve=True)
+    for key in STAGE2_SECTIONS:
+        merged[key] = preset[key]
+    if data_dir_overridden:
+        merged["data"]["dir"] = preset["data"]["dir"]
+    merged["vae_run"] = preset["vae_run"] or str(vae_run)
+    return load_config(merged)
+
+
+# ------------------------------------------------------------------------------------------
+
+
+class LatentCache(Dataset):
+    """Posterior means and standard deviations of every training image (and its mirror).
+
+    Item ``i``: ``(2, 2, C, h, w)`` = [orientation (original, flipped)][mean, std].
+    """
+
+    def __init__(self, ae: nn.Module, images: Dataset, *, batch_size: int = 32, log=print):
+        from tqdm.auto import tqdm
+        stats = []
+        loader = torch.utils.data.DataLoader(images, batch_size=batch_size)
+        with torch.inference_mode():
+            for x in tqdm(loader, desc="encoding latents", leave=False, disable=None):
+                x = image_domain.resize(x, ae.resolution)
+                per_flip = []
+                for xx in (x, x.flip(-1)):
+                    post = ae.encode(xx)
+                    per_flip.append(torch.stack([post.mean, post.std], dim=1))
+                stats.append(torch.stack(per_flip, dim=1))
+        self.stats = torch.cat(stats).float()
+        log(f"cached the latents of {len(self.stats)} images: {tuple(self.stats.shape[3:])} each")
+
+    def __len__(self) -> int:
+        return len(self.stats)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.stats[i]
+
+
+def measure_latent_scale(cache: LatentCache, generator: torch.Generator) -> float:
+    """``1 / std`` of posterior samples of the (unflipped) training latents."""
+    s = cache.stats[:, 0]
+    z = s[:, 0] + s[:, 1] * torch.randn(s[:, 0].shape, generator=generator)
+    return float(1.0 / z.std().clamp_min(1e-8))
+
+
+class _LDMForward(nn.Module):
+    """DDP-wrappable loss: ``forward(latent_stats, rand) -> (eps-MSE, logs)``."""
+
+    def __init__(self, diffusion: nn.Module):
+        super().__init__()
+        self.diffusion = diffusion
+
+    def forward(self, stats: torch.Tensor, rand: dict):
+        stats = torch.where(rand["flip"][:, None, None, None, None, None], stats[:, 1:2], stats[:, 0:1])[:, 0]
+        z0 = stats[:, 0] + stats[:, 1] * rand["posterior_noise"]          # posterior sample
+        d = self.diffusion
+        x0 = d.normalize(z0)
+        x_t = d.q_sample(x0, rand["t"], rand["eps"])
+        loss = (d.predict_eps(x_t, rand["t"]).float() - rand["eps"]).square().mean()
+        return loss, {"loss": loss.detach()}
+
+
+class LDMTask(Task):
+    stage = "ldm"
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, *, accelerator=None, log=print):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        main = accelerator is None or accelerator.is_main_process
+        vae_copy = self.run_dir / "vae"
+        if not (vae_copy / "model.safetensors").is_file():
+            if cfg.vae_run is None:
+                raise ConfigError("no VAE: pass vae=VAE_RUN_DIR (a finished `ddmi train vae` run)")
+            if main:
+                copy_vae(Path(cfg.vae_run), vae_copy)
+            if accelerator is not None:
+                accelerator.wait_for_everyone()
+        self.ae = load_autoencoder(self.run_dir).requires_grad_(False)
+        if cfg.data.dir is None:
+            raise ConfigError("no training data: set data.dir=FOLDER")
+        images = ImageFolderDataset(cfg.data.dir, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
+        self.dataset = LatentCache(self.ae, images, log=log if main else (lambda m: None))
+        self.num_workers = 0
+        self.latent_shape = self.ae.latent_shape
+        scale = cfg.ldm.latent_scale
+        scale = measure_latent_scale(self.dataset, torch.Generator().manual_seed(cfg.seed)) \
+            if scale == "auto" else float(scale)
+        torch.manual_seed(cfg.seed)
+        self.diffusion = build_diffusion(cfg, self.latent_shape, latent_scale=scale)
+        if main:
+            log(f"latent scale {scale:.4g} ({'measured' if cfg.ldm.latent_scale == 'auto' else 'fixed'})")
+        self.module = _LDMForward(self.diffusion)
+        self.ema = EMA(self.diffusion, beta=cfg.ldm.ema_decay, update_every=cfg.ldm.ema_every,
+                       update_after_step=cfg.ldm.ema_after)
+        self.fixed_noise = torch.randn((16, *self.latent_shape), generator=torch.Generator().manual_seed(1234))
+
+    def parameters(self):
+        return [p for p in self.diffusion.parameters() if p.requires_grad]
+
+    def random_inputs(self, generator, n):
+        shape = (n, *self.latent_shape)
+        flip = torch.rand(n, generator=generator) < 0.5
+        if not self.cfg.data.hflip:
+            flip = torch.zeros(n, dtype=torch.bool)
+        return {"flip": flip, "posterior_noise": torch.randn(shape, generator=generator),
+                "t": torch.randint(0, self.diffusion.num_steps, (n,), generator=generator),
+                "eps": torch.randn(shape, generator=generator)}
+
+    def weights(self):
+        return {"model": ckpt.state_dict_for_saving(self.diffusion),
+                "ema": ckpt.state_dict_for_saving(self.ema)}
+
+    def load_weights(self, weights):
+        ckpt.load_into(self.diffusion, weights["model"], what="checkpoint model")
+        ckpt.load_into(self.ema, weights["ema"], what="checkpoint EMA")
+
+    def after_optimizer_step(self, step):
+        self.ema.update(self.diffusion)
+
+    def write_samples(self, step: int, folder: Path) -> list[Path]:
+        device = next(self.diffusion.parameters()).device
+        z = diffusion_sample(self.ema.model, self.fixed_noise.shape, sampler=self.cfg.ldm.sampler,
+                             steps=self.cfg.ldm.sample_steps, noise=self.fixed_noise.to(device))
+        r = self.ae.resolution
+        path = folder / f"samples-step{step:07d}.png"
+        save_grid(self.ae.render(z, 2 * r).cpu(), path, nrow=8)
+        return [path]
+
+
+def copy_vae(vae_run: Path, dest: Path) -> None:
+    """Copy the VAE's config and latest weights into an LDM run (which is then self-contained)."""
+    info = ckpt.read_run_info(vae_run)
+    if info["stage"] != "vae":
+        raise ConfigError(f"vae={vae_run} is a {info['stage']} run, not a VAE run")
+    latest = ckpt.latest_checkpoint(vae_run)
+    if latest is None:
+        raise ConfigError(f"vae={vae_run} has no complete checkpoint yet")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy2(vae_run / "config.yaml", tmp / "config.yaml")
+    shutil.copy2(vae_run / "run.yaml", tmp / "run.yaml")
+    shutil.copy2(latest / "model.safetensors", tmp / "model.safetensors")
+    (tmp / "SOURCE").write_text(f"{vae_run.resolve()} {latest.name}\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+# ------------------------------------------------------------------------------------------
+# generation
+
+
+def noise_for(seed: int, index: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The initial noise of sample ``index`` for ``seed``, independent of the batch size."""
+    g = torch.Generator().manual_seed(int(np.random.default_rng([seed, index]).integers(2**62)))
+    return torch.randn(shape, generator=g)
+
+
+def generate_latents(diffusion, latent_shape, noises: torch.Tensor, *, sampler: str, steps: int | None,
+                     eta: float = 0.0, batch_size: int = 16, progress: bool = True) -> torch.Tensor:
+    from tqdm.auto import tqdm
+    out = []
+    for i in tqdm(range(0, len(noises), batch_size), desc=f"sampling ({sampler})", disable=not progress):
+        x = noises[i:i + batch_size]
+        out.append(diffusion_sample(diffusion, x.shape, sampler=sampler, steps=steps, eta=eta, noise=x,
+                                    generator=torch.Generator().manual_seed(i)))
+    return torch.cat(out)
+
+
+def _check_free(paths: list[Path], overwrite: bool) -> None:
+    if overwrite:
+        return
+    taken = [p for p in paths if p.exists()]
+    if taken:
+        raise DDMIError(f"{taken[0]} exists ({len(taken)} output files would be overwritten); "
+                        "pass --overwrite or choose another --out")
+
+
+def sample_command(args, log=print) -> int:
+    run_dir = Path(args.run_dir)
+    info = ckpt.read_run_info(run_dir)
+    if info["stage"] != "ldm":
+        raise ConfigError(f"{run_dir} is a {info['stage']} run; `ddmi sample` needs an LDM run "
+                          "(`ddmi train ldm CONFIG vae=...`)")
+    cfg = ckpt.load_run_config(run_dir)
+    ae = load_autoencoder(run_dir)
+    diffusion = load_diffusion(run_dir, ae.latent_shape, ema=not args.no_ema)
+    sampler = args.sampler or cfg.ldm.sampler
+    steps = args.steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
+    resolutions = args.resolution or [ae.resolution]
+    out = Path(args.out)
+    if args.num < 1:
+        raise ConfigError("--num must be >= 1")
+    if args.interpolate:
+        a = noise_for(args.seed, 0, ae.latent_shape)
+        b = noise_for(args.seed + 1, 0, ae.latent_shape)
+        ts = np.linspace(0, 1, max(2, args.num))
+        noises = torch.stack([slerp(a, b, float(t)) for t in ts])
+        targets = [out / f"interpolation_{r}.png" for r in resolutions]
+    else:
+        noises = torch.stack([noise_for(args.seed, i, ae.latent_shape) for i in range(args.num)])
+        targets = [out / f"sample_{i:05d}_{r}.png" for i in range(args.num) for r in resolutions]
+        targets += [out / f"grid_{r}.png" for r in resolutions]
+    _check_free(targets, args.overwrite)
+    with torch.inference_mode():
+        z = generate_latents(diffusion, ae.latent_shape, noises, sampler=sampler, steps=steps,
+                             eta=args.eta, batch_size=args.batch_size)
+        for r in resolutions:
+            imgs = torch.cat([ae.render(z[i:i + args.batch_size], r) for i in range(0, len(z), args.batch_size)])
+            if args.interpolate:
+                save_grid(imgs, out / f"interpolation_{r}.png", nrow=len(imgs))
+                continue
+            for i, img in enumerate(imgs):
+                save_image(img, out / f"sample_{i:05d}_{r}.png")
+            save_grid(imgs, out / f"grid_{r}.png")
+    what = "an interpolation strip" if args.interpolate else f"{args.num} samples + grid"
+    log(f"wrote {what} at {', '.join(f'{r}x{r}' for r in resolutions)} to {out} "
+        f"({sampler}, {steps or 'default'} steps)")
+    return 0

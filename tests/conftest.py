@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny synthetic datasets and tiny configs that train in seconds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# A VAE small enough to overfit in seconds on a CPU (16x16 inputs, planes at 8 and 16).
+TINY_IMAGE = [
+    "data.resolution=16", "vae.ch=16", "vae.ch_mult=[1,2]", "vae.num_res_blocks=1",
+    "vae.z_channels=8", "vae.embed_dim=4", "vae.hdbpe_resolutions=[8]", "vae.plane_channels=16",
+    "mlp.hidden=64", "mlp.scale_embed_dim=32",
+    "ldm.unet.model_channels=32", "ldm.unet.channel_mult=[1,2]", "ldm.unet.num_res_blocks=1",
+    "ldm.unet.attention_resolutions=[2]", "ldm.unet.num_head_channels=16",
+    "train.log_every=1", "ldm_train.log_every=1", "ldm.sample_steps=4",
+]
+
+
+@pytest.fixture(scope="session")
+def image_data(tmp_path_factory):
+    """A folder of 16 synthetic 32x32 images in the ImageFolder layout (``.../train``)."""
+    from ddmi.data.synthetic import synth_images
+    root = tmp_path_factory.mktemp("images")
+    synth_images(root / "shapes", num=16, resolution=32, seed=0)
+    return root / "shapes" / "train"
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(image_data):
+    return TINY_IMAGE + [f"data.dir={image_data}"]
