@@ -1,0 +1,92 @@
+"""Run folders: training through the CLI, resume, multi-process parity, checkpoints."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddmi import checkpoint as ckpt
+from ddmi.cli import main
+
+
+def run_cli(*args):
+    return main(list(args))
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(run_dir):
+    return load_file(str(ckpt.latest_checkpoint(run_dir) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory, tiny_overrides):
+    run = tmp_path_factory.mktemp("runs") / "vae"
+    assert run_cli("train", "vae", "image-tiny", *tiny_overrides, f"run_dir={run}", "train.steps=4",
+                   "train.batch_size=4", "train.save_every=2", "--no-progress") == 0
+    return run
+
+
+def test_run_folder_is_self_describing(vae_run):
+    assert (vae_run / "config.yaml").is_file() and (vae_run / "run.yaml").is_file()
+    names = [p.name for p in ckpt.list_checkpoints(vae_run)]
+    assert names == ["step-00000002", "step-00000004"]
+    assert [m["step"] for m in metrics(vae_run)] == [1, 2, 3, 4]
+    assert list((vae_run / "samples").glob("recon-*.png"))
+    state = ckpt.load_state(ckpt.latest_checkpoint(vae_run))
+    assert state["step"] == 4 and "optimizer" in state
+
+
+def test_resume_reaches_the_same_weights_bitwise(tmp_path, tiny_overrides, vae_run):
+    base = [*tiny_overrides, "train.batch_size=4", "train.save_every=2", "--no-progress"]
+    run = tmp_path / "resumed"
+    assert run_cli("train", "vae", "image-tiny", *base, f"run_dir={run}", "train.steps=2") == 0
+    assert run_cli("train", "vae", "image-tiny", *base, f"run_dir={run}", "train.steps=4") == 0
+    a, b = final_weights(run), final_weights(vae_run)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_a_torn_checkpoint_write(tmp_path, tiny_overrides, vae_run):
+    """A leftover temporary folder (a kill during a save) is ignored; the last complete one is used."""
+    run = tmp_path / "torn"
+    shutil.copytree(vae_run, run)
+    latest = ckpt.latest_checkpoint(run)
+    torn = latest.parent / ".tmp-step-00000006-x"
+    shutil.copytree(latest, torn)
+    (torn / "COMPLETE").unlink()
+    (torn / "model.safetensors").write_bytes(b"garbage")
+    assert ckpt.latest_checkpoint(run) == latest
+
+
+def test_wrong_config_on_existing_run_is_refused(vae_run, tiny_overrides, capsys):
+    rc = run_cli("train", "vae", "image-tiny", *tiny_overrides, f"run_dir={vae_run}", "vae.ch=32")
+    assert rc == 2
+    assert "vae.ch" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test on linux only")
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, tiny_overrides):
+    """`accelerate launch --multi_gpu` starts torch.distributed processes (gloo on CPU); `--cpu`
+    alone would start only one process."""
+    base = [*tiny_overrides, "train.steps=3", "train.save_every=3", "--no-progress", "loss.multiscale=true"]
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "ddmi", "train", "vae", "image-tiny", *base, f"run_dir={one}",
+                    "train.batch_size=4"], check=True, env=env, capture_output=True)
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                    "-m", "ddmi", "train", "vae", "image-tiny", *base, f"run_dir={two}",
+                    "train.batch_size=2"], check=True, env=env, capture_output=True)
+    l1 = [m["l1"] for m in metrics(one)]
+    l2 = [m["l1"] for m in metrics(two)]
+    assert len(l1) == len(l2) == 3
+    for a, b in zip(l1, l2):   # same examples, same randomness: equal up to float reduction order
+        assert abs(a - b) / abs(a) < 1e-3, (l1, l2)
