@@ -32,3 +32,13 @@ def image_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_overrides(image_data):
     return TINY_IMAGE + [f"data.dir={image_data}"]
+
+
+@pytest.fixture(scope="session")
+def vae_run(tmp_path_factory, tiny_overrides):
+    """A tiny image VAE run folder trained for 4 steps (checkpoints at 2 and 4)."""
+    from ddmi.cli import main
+    run = tmp_path_factory.mktemp("runs") / "vae"
+    assert main(["train", "vae", "image-tiny", *tiny_overrides, f"run_dir={run}", "train.steps=4",
+                 "train.batch_size=4", "train.save_every=2", "--no-progress"]) == 0
+    return run

@@ -26,14 +26,6 @@ def final_weights(run_dir):
     return load_file(str(ckpt.latest_checkpoint(run_dir) / "model.safetensors"))
 
 
-@pytest.fixture(scope="module")
-def vae_run(tmp_path_factory, tiny_overrides):
-    run = tmp_path_factory.mktemp("runs") / "vae"
-    assert run_cli("train", "vae", "image-tiny", *tiny_overrides, f"run_dir={run}", "train.steps=4",
-                   "train.batch_size=4", "train.save_every=2", "--no-progress") == 0
-    return run
-
-
 def test_run_folder_is_self_describing(vae_run):
     assert (vae_run / "config.yaml").is_file() and (vae_run / "run.yaml").is_file()
     names = [p.name for p in ckpt.list_checkpoints(vae_run)]

@@ -107,10 +107,11 @@ def cmd_train(args) -> int:
 
     from .config import load_config, parse_overrides
     _torch_threads()
-    overrides = parse_overrides(args.overrides)
     if args.stage == "ldm":
         from .stage2 import ldm_overrides
-        overrides = ldm_overrides(overrides)
+        overrides = ldm_overrides(args.overrides)
+    else:
+        overrides = parse_overrides(args.overrides)
     cfg = load_config(args.config, overrides)
     stage_key = "train" if args.stage == "vae" else "ldm_train"
     run_dir = Path(cfg.run_dir or f"runs/{cfg.name}-{args.stage}")

@@ -25,12 +25,12 @@ from .train import Task
 STAGE2_SECTIONS = ("ldm", "ldm_train", "seed", "name", "run_dir")
 
 
-def ldm_overrides(overrides: dict) -> dict:
+def ldm_overrides(overrides: list[str]) -> dict:
     """Command-line overrides of ``ddmi train ldm``: ``vae=DIR`` names the VAE run, and
     ``train.*`` means the LDM's training section (``ldm_train.*``)."""
-    out = dict(overrides)
-    if "vae" in out and not isinstance(out["vae"], dict):
-        out["vae_run"] = str(out.pop("vae"))
+    from .config import parse_overrides
+    items = [f"vae_run={o[4:]}" if o.startswith("vae=") else o for o in overrides]
+    out = parse_overrides(items)
     if "train" in out:
         out["ldm_train"] = {**out.get("ldm_train", {}), **out.pop("train")}
     return out

@@ -199,9 +199,9 @@ def features_from_batches(batches: Iterable[torch.Tensor], extractor: Extractor)
     return np.concatenate(chunks, axis=0)
 
 
-def fid_from_features(feats1: np.ndarray, feats2: np.ndarray) -> float:
-    """FID between two feature matrices."""
-    return frechet_distance(*feature_stats(feats1), *feature_stats(feats2))
+def fid_from_features(feats1: np.ndarray, feats2: np.ndarray, *, method: str = "sqrtm") -> float:
+    """FID between two feature matrices (``method``: see :func:`ddmi.metrics.frechet.frechet_distance`)."""
+    return frechet_distance(*feature_stats(feats1), *feature_stats(feats2), method=method)
 
 
 def _default_extractor(extractor, batch_size):
