@@ -42,3 +42,16 @@ def vae_run(tmp_path_factory, tiny_overrides):
     assert main(["train", "vae", "image-tiny", *tiny_overrides, f"run_dir={run}", "train.steps=4",
                  "train.batch_size=4", "train.save_every=2", "--no-progress"]) == 0
     return run
+
+
+LDM_ARGS = ["ldm_train.batch_size=8", "ldm_train.save_every=2", "ldm.ema_after=1", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def ldm_run(tmp_path_factory, tiny_overrides, vae_run):
+    """A tiny image LDM run on ``vae_run``, trained for 4 steps (checkpoints at 2 and 4)."""
+    from ddmi.cli import main
+    run = tmp_path_factory.mktemp("ldm") / "ldm"
+    assert main(["train", "ldm", "image-tiny", *tiny_overrides, f"vae={vae_run}", f"run_dir={run}",
+                 "train.steps=4", *LDM_ARGS]) == 0
+    return run

@@ -9,15 +9,7 @@ from safetensors.torch import load_file
 from ddmi import checkpoint as ckpt
 from ddmi.cli import main
 
-LDM_ARGS = ["ldm_train.batch_size=8", "ldm_train.save_every=2", "ldm.ema_after=1", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def ldm_run(tmp_path_factory, tiny_overrides, vae_run):
-    run = tmp_path_factory.mktemp("ldm") / "ldm"
-    assert main(["train", "ldm", "image-tiny", *tiny_overrides, f"vae={vae_run}", f"run_dir={run}",
-                 "train.steps=4", *LDM_ARGS]) == 0
-    return run
+from conftest import LDM_ARGS
 
 
 def test_ldm_run_is_self_contained(ldm_run):

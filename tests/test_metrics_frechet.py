@@ -89,3 +89,14 @@ def test_eigh_method_matches_sqrtm(n, d):
     assert frechet_distance(*stats, method="eigh") == pytest.approx(ref, rel=1e-6, abs=1e-6)
     with pytest.raises(ValueError):
         frechet_distance(*stats, method="svd")
+
+
+@pytest.mark.parametrize("n1,n2", [(12, 40), (40, 12), (80, 90)])
+def test_feature_distance_auto_matches_sqrtm(n1, n2):
+    """The low-rank/eigh shortcut equals scipy's sqrtm on the same features (D = 64)."""
+    from ddmi.metrics.frechet import frechet_distance_of_features
+    rng = np.random.default_rng(n1 + n2)
+    a = rng.normal(size=(n1, 64))
+    b = rng.normal(size=(n2, 64)) @ rng.normal(size=(64, 64)) * 0.3 + 0.2
+    ref = frechet_distance(*feature_stats(a), *feature_stats(b), method="sqrtm")
+    assert frechet_distance_of_features(a, b) == pytest.approx(ref, rel=1e-6)

@@ -248,15 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("eval", help="measure a run folder or a folder of generated files")
-    s.add_argument("path")
-    s.add_argument("--metric", action="append", default=None)
-    s.add_argument("--num", type=int, default=None)
+    s.add_argument("path", help="a run folder (samples, then measures) or a folder of files (needs --ref)")
+    s.add_argument("--metric", action="append", default=None,
+                   help="fid, kid, rfid, psnr, ssim, fvd, mmd-cd, cov-cd, 1nna-cd (repeat; default: by domain)")
+    s.add_argument("--num", type=int, default=None, help="samples to generate / items to use (LDM default 1000)")
     s.add_argument("--ref", default=None, help="reference folder (default: the run's data)")
     s.add_argument("--i3d", default=None, help="local I3D weights for FVD")
     s.add_argument("--batch-size", type=int, default=50)
     s.add_argument("--resolution", type=int, default=None)
     s.add_argument("--sampler", default=None)
     s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--json", default=None, help="where to write the figures (default: in the run folder)")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("demo", help="synthetic data -> VAE -> LDM -> samples, in minutes on a CPU")

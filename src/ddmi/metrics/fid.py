@@ -22,7 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ddmi.errors import DataError
-from ddmi.metrics.frechet import feature_stats, frechet_distance, kid
+from ddmi.metrics.frechet import feature_stats, frechet_distance, frechet_distance_of_features, kid
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -199,9 +199,9 @@ def features_from_batches(batches: Iterable[torch.Tensor], extractor: Extractor)
     return np.concatenate(chunks, axis=0)
 
 
-def fid_from_features(feats1: np.ndarray, feats2: np.ndarray, *, method: str = "sqrtm") -> float:
-    """FID between two feature matrices (``method``: see :func:`ddmi.metrics.frechet.frechet_distance`)."""
-    return frechet_distance(*feature_stats(feats1), *feature_stats(feats2), method=method)
+def fid_from_features(feats1: np.ndarray, feats2: np.ndarray, *, method: str = "auto") -> float:
+    """FID between two feature matrices (``method``: see :func:`ddmi.metrics.frechet.frechet_distance_of_features`)."""
+    return frechet_distance_of_features(feats1, feats2, method=method)
 
 
 def _default_extractor(extractor, batch_size):

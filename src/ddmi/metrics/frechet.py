@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import scipy.linalg
 
-__all__ = ["feature_stats", "frechet_distance", "kid"]
+__all__ = ["feature_stats", "frechet_distance", "frechet_distance_of_features", "kid"]
 
 
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +72,33 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6, method: str
     else:
         raise ValueError(f"unknown method {method!r}; use 'sqrtm' or 'eigh'")
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_covmean)
+
+
+def frechet_distance_of_features(feats1: np.ndarray, feats2: np.ndarray, *, method: str = "auto") -> float:
+    """Fréchet distance between the Gaussians fitted to two feature matrices (N1, D), (N2, D).
+
+    ``method="auto"`` (default) picks the cheapest exact computation: when one set has fewer
+    vectors than dimensions its covariance is ``S1 = X1c^T X1c / (N1 - 1)`` (rank < N1), and
+    ``Tr (S1 S2)^{1/2} = sum sqrt(eig(X1c S2 X1c^T / (N1 - 1)))``, an (N1, N1) symmetric
+    eigenproblem instead of a (D, D) one (milliseconds instead of tens of seconds for a few
+    hundred samples of 2048-d features); otherwise ``"eigh"``. ``"sqrtm"`` and ``"eigh"`` are
+    passed to :func:`frechet_distance`.
+    """
+    if method != "auto":
+        return frechet_distance(*feature_stats(feats1), *feature_stats(feats2), method=method)
+    f1 = np.asarray(feats1, dtype=np.float64)
+    f2 = np.asarray(feats2, dtype=np.float64)
+    if f1.shape[0] > f2.shape[0]:
+        f1, f2 = f2, f1  # the trace term is symmetric in the two sets
+    mu1, _ = feature_stats(f1)
+    mu2, sigma2 = feature_stats(f2)
+    if f1.shape[0] >= f1.shape[1]:
+        return frechet_distance(mu1, np.cov(f1, rowvar=False), mu2, sigma2, method="eigh")
+    x1 = (f1 - mu1) / np.sqrt(f1.shape[0] - 1)
+    m = x1 @ sigma2 @ x1.T
+    trace_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.einsum("ij,ij->", x1, x1) + np.trace(sigma2) - 2.0 * trace_covmean)
 
 
 def kid(

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddmi.errors import CheckpointError, DataError, MissingDependencyError
-from ddmi.metrics.frechet import feature_stats, frechet_distance
+from ddmi.metrics.frechet import feature_stats, frechet_distance, frechet_distance_of_features
 
 __all__ = [
     "InceptionI3d",
@@ -232,10 +232,10 @@ def i3d_embeddings(videos: torch.Tensor, i3d: InceptionI3d, *, batch_size: int =
     return np.concatenate(out, axis=0)
 
 
-def fvd_from_features(feats1: np.ndarray, feats2: np.ndarray, *, method: str = "sqrtm") -> float:
+def fvd_from_features(feats1: np.ndarray, feats2: np.ndarray, *, method: str = "auto") -> float:
     """Fréchet distance between two (N, 400) embedding sets (the official code uses an SVD-based
     root, TF-GAN style; scipy's sqrtm gives the same value up to round-off)."""
-    return frechet_distance(*feature_stats(feats1), *feature_stats(feats2), method=method)
+    return frechet_distance_of_features(feats1, feats2, method=method)
 
 
 def fvd_from_videos(real: torch.Tensor, fake: torch.Tensor, i3d: InceptionI3d, *, batch_size: int = 8) -> float:
