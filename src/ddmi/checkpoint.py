@@ -140,16 +140,21 @@ def save_checkpoint(run_dir: Path, step: int, *, weights: dict[str, dict[str, to
                 os.fsync(fh.fileno())
         (tmp / MARKER).write_text(str(step))
         _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
+        trash = None
+        if final.exists():  # re-saving a step: move the old copy aside atomically, never tear it
+            trash = folder / f".tmp-old-{final.name}-{os.getpid()}"
+            os.replace(final, trash)
         os.replace(tmp, final)
         _fsync_dir(folder)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(run_dir)[:-keep]:
+        (old / MARKER).unlink(missing_ok=True)  # first, so a half-deleted folder is never "complete"
         shutil.rmtree(old, ignore_errors=True)
-    for stale in folder.glob(".tmp-step-*"):
+    for stale in [*folder.glob(".tmp-step-*"), *folder.glob(".tmp-old-*")]:
         if stale != tmp:
             shutil.rmtree(stale, ignore_errors=True)
     return final
