@@ -34,6 +34,11 @@ def test_corrupt_png_names_the_file(tmp_path, capsys):
     (("info", "image-tiny", "train.steps=many"), "train.steps"),
     (("sample", "/no/such/run", "--out", "x"), "does not exist"),
     (("reconstruct", "/no/such/run", "a.png", "--out", "x"), "does not exist"),
+    (("sample", "/no/such/run", "--out", "x", "--sampler", "euler"), "unknown sampler"),
+    (("sample", "/no/such/run", "--out", "x", "--resolution", "0"), "--resolution"),
+    (("sample", "/no/such/run", "--out", "x", "--batch-size", "0"), "--batch-size"),
+    (("sample", "/no/such/run", "--out", "x", "--steps", "-3"), "--steps"),
+    (("eval", "/no/such/run", "--num", "0"), "--num"),
 ])
 def test_bad_arguments(capsys, args, needle):
     rc, err = err_of(capsys, *args)

@@ -27,6 +27,22 @@ def _torch_threads() -> None:
         torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
 
 
+def _check_options(args, *names: str) -> None:
+    """Reject non-positive counts/sizes and unknown samplers before any work starts."""
+    from .config import SAMPLER_NAMES
+    for name in names:
+        value = getattr(args, name, None)
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if v is not None and v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    sampler = getattr(args, "sampler", None)
+    if sampler is not None and sampler not in SAMPLER_NAMES:
+        raise ConfigError(f"unknown sampler '{sampler}'; choose from {', '.join(SAMPLER_NAMES)}")
+    if getattr(args, "eta", 0.0) < 0:
+        raise ConfigError(f"--eta must be >= 0, got {args.eta}")
+
+
 RESUMABLE_DIFFS = ("train.steps", "ldm_train.steps", "train.log_every", "train.sample_every",
                    "train.save_every", "ldm_train.log_every", "ldm_train.sample_every",
                    "ldm_train.save_every", "data.num_workers", "run_dir", "vae_run")
@@ -148,6 +164,7 @@ def cmd_reconstruct(args) -> int:
     from .api import load_autoencoder
     from .data.images import load_image, save_grid, save_image
     from .domains.image import resize
+    _check_options(args, "resolution")
     _torch_threads()
     ae = load_autoencoder(args.run_dir)
     if ae.domain != "image":
@@ -174,12 +191,14 @@ def cmd_reconstruct(args) -> int:
 
 def cmd_sample(args) -> int:
     from .stage2 import sample_command
+    _check_options(args, "num", "resolution", "steps", "batch_size")
     _torch_threads()
     return sample_command(args, log=_log)
 
 
 def cmd_eval(args) -> int:
     from .evaluate import eval_command
+    _check_options(args, "num", "resolution", "steps", "batch_size")
     _torch_threads()
     return eval_command(args, log=_log)
 
