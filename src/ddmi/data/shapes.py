@@ -146,7 +146,8 @@ def find_models(root: PathLike, split: str = "train", classes: list[str] | None 
     """``(synset, model)`` pairs of ``split``, synsets sorted, models in their ``.lst`` order.
 
     ``classes`` (synset folder names) restricts the synsets; ``None`` uses every folder of ``root``.
-    A synset without ``split.lst`` contributes every model folder it holds (sorted).
+    A synset without any ``.lst`` file contributes every model folder it holds (sorted) to
+    every split; one with other lists but no ``split.lst`` contributes nothing to ``split``.
     """
     root = Path(root).expanduser()
     if split not in SPLITS:
@@ -170,8 +171,10 @@ def find_models(root: PathLike, split: str = "train", classes: list[str] | None 
         lst = root / syn / f"{split}.lst"
         if lst.is_file():
             names = [line.strip() for line in lst.read_text().splitlines() if line.strip()]
-        else:
+        elif not any((root / syn).glob("*.lst")):   # no split lists at all: every model folder
             names = sorted(p.name for p in (root / syn).iterdir() if (p / "points.npz").exists())
+        else:
+            names = []
         pairs += [(syn, name) for name in names]
     if not pairs:
         raise DataError(f"{root}: no {split} shapes found (expected <synset>/{split}.lst or "
