@@ -285,3 +285,10 @@ def synth_shapes(out_dir, *, num: int, seed: int, overwrite: bool = False, split
         written.append(write_points_npz(folder / "points.npz", item["points"], item["occupancies"]))
         written.append(write_pointcloud_npz(folder / "pointcloud.npz", item["surface"], item["normals"]))
     return written
+
+
+def synthetic_shape_parts(seed: int, split: str, index: int) -> list[Primitive]:
+    """The primitives of item ``index`` of ``split`` written by :func:`synth_shapes` with ``seed``
+    (for exact ground truth at any resolution, e.g. IoU on a grid)."""
+    from .synthetic import _item_rng
+    return random_shape(_item_rng(seed, split, index), list(CATEGORIES)[index % 3])
