@@ -133,3 +133,13 @@ def test_primitives_inside_tests():
     s, _ = sample_surface(parts, np.random.default_rng(0), 5000)
     assert not (parts[0].inside(s, 1e-6) | parts[1].inside(s, 1e-6)).any()
     assert len(random_shape(np.random.default_rng(0), "chair")) >= 6
+
+
+def test_positional_sampler_gives_the_dataset_its_training_position():
+    """Shape items draw their points from (seed, index, position): resumable and worker-proof."""
+    from ddmi.train import StepBatchSampler
+    kw = dict(seed=0, batch_size=2, grad_accum=2, rank=0, world=1, start_step=1, steps=3)
+    plain = list(StepBatchSampler(5, **kw))
+    pos = list(StepBatchSampler(5, positional=True, **kw))
+    assert [[i for i, _ in b] for b in pos] == plain
+    assert [p for b in pos for _, p in b] == list(range(4, 12))

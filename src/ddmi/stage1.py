@@ -11,7 +11,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .data.images import ImageFolderDataset, save_grid
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .models import build_autoencoder
 from .train import Task
 
@@ -126,9 +126,9 @@ class OccupancyVAETask(VAETask):
         self.num_workers = cfg.data.num_workers
         self.autoencoder = build_autoencoder(cfg)
         self.module = _Forward(self.autoencoder, None, 1.0)
-        try:
+        try:  # held-out shapes for the reconstruction previews, if there are any
             preview = ShapesDataset(cfg.data.test_dir or cfg.data.dir, split="test", **kw)
-        except Exception:
+        except DataError:
             preview = self.dataset
         self.preview = torch.stack([preview[i] for i in range(min(8, len(preview)))])
 
