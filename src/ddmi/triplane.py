@@ -24,8 +24,7 @@ VAE, the MLP, the LDM latent and the mesher):
 from __future__ import annotations
 
 import torch
-
-from .fields import sample_plane
+import torch.nn.functional as F
 
 PLANES = ("xy", "xz", "yz")
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))
@@ -53,15 +52,25 @@ def cell_index(u: torch.Tensor, resolution: int) -> torch.Tensor:
     return cells[..., 1] * resolution + cells[..., 0]
 
 
-def sample_triplane(planes: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Sum of the bilinear samples of the three planes ``(B, 3, C, H, W)`` at ``u (B, N, 3)``.
+def triplane_grid(u: torch.Tensor) -> torch.Tensor:
+    """``u (B, N, 3)`` -> the ``grid_sample`` grid of the three planes, ``(B*3, 1, N, 2)``."""
+    b, n, _ = u.shape
+    return plane_coords(u).reshape(b * 3, 1, n, 2)
 
-    Returns ``(B, N, C)``.
+
+def sample_triplane(planes: torch.Tensor, u: torch.Tensor | None = None, *,
+                    grid: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of the bilinear samples of the three planes ``(B, 3, C, H, W)`` at ``u (B, N, 3)``
+    (or at a precomputed ``grid = triplane_grid(u)``, to share it between scales).
+
+    Returns ``(B, N, C)``. Same convention as :func:`ddmi.fields.sample_plane`
+    (``align_corners=False``, border padding).
     """
     b, k, c, h, w = planes.shape
-    coords = plane_coords(u).reshape(b * k, -1, 2)
-    feats = sample_plane(planes.reshape(b * k, c, h, w), coords)          # (B*3, N, C)
-    return feats.reshape(b, k, -1, c).sum(1)
+    grid = triplane_grid(u) if grid is None else grid
+    feats = F.grid_sample(planes.reshape(b * k, c, h, w), grid.to(planes.dtype), mode="bilinear",
+                          padding_mode="border", align_corners=False)          # (B*3, C, 1, N)
+    return feats.reshape(b, k, c, -1).sum(1).transpose(1, 2)
 
 
 def fold(planes: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from torch import nn
 
 from .nn.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
 from .nn.pointnet import ResnetBlockFC
-from .triplane import fold, sample_triplane, unfold
+from .triplane import fold, sample_triplane, triplane_grid, unfold
 from .vae import ConvVAESpec, DiagonalGaussian
 
 
@@ -172,7 +172,8 @@ class OccupancyMLP(nn.Module):
         Returns the occupancy logits ``(B, N, 1)``."""
         assert len(planes) == len(self.blocks), f"expected {len(self.blocks)} scales, got {len(planes)}"
         h = self.fc_p(coords)
+        grid = triplane_grid(coords)
         for k, (plane, block) in enumerate(zip(planes, self.blocks)):
-            f = sample_triplane(plane, coords)
+            f = sample_triplane(plane, grid=grid)
             h = h + block(f) if k == 0 else block(torch.cat([h, f], dim=-1))
         return self.fc_out(F.relu(self.final(h)))
