@@ -40,10 +40,13 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert main(["sample", str(ldm), "--out", str(out), "--num", "1", "--steps", "2", "--resolution", "32"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     # reconstruct: point-cloud files -> meshes
-    pc = next(data.glob("*/synth*/pointcloud.npz"))
+    pcs = sorted(data.glob("*/synth*/pointcloud.npz"))[:2]
     rec = tmp_path / "rec"
-    assert main(["reconstruct", str(vae), str(pc), "--out", str(rec), "--resolution", "24"]) == 0
-    assert {p.suffix for p in rec.iterdir()} == {".ply", ".obj", ".png"}
+    assert main(["reconstruct", str(vae), *map(str, pcs), "--out", str(rec), "--resolution", "24"]) == 0
+    for pc in pcs:   # every input gets its own files, named after its model folder
+        for ext in ("ply", "obj", "png"):
+            assert (rec / f"{pc.parent.name}_pointcloud_rec24.{ext}").is_file()
+    assert (rec / "reconstructions.png").is_file()
     bad = tmp_path / "bad.npz"
     np.savez(bad, pts=np.zeros((10, 3)))
     assert main(["reconstruct", str(vae), str(bad), "--out", str(rec)]) == 2
@@ -83,13 +86,14 @@ def _overfit(tmp_path, *, steps, resolution, overrides=()):
 
 
 def test_vae_overfits_a_few_shapes(tmp_path):
-    """80 steps (~15 s here): mean IoU >= 0.6 on a 32^3 grid (measured: 0.73 at 50 steps)."""
+    """80 steps (~12 s here): mean IoU >= 0.75 on a 32^3 grid (measured: 0.69 / 0.96 / 0.91 for
+    the airplane / chair / table, mean 0.85). The 0.9-at-64^3 version is marked slow."""
     ious = _overfit(tmp_path, steps=80, resolution=32)
-    assert ious.mean() >= 0.6, ious
+    assert ious.mean() >= 0.75, ious
 
 
 @pytest.mark.slow
 def test_vae_overfits_a_few_shapes_to_iou_0_9(tmp_path):
-    """600 steps (~2-3 min here): mean IoU >= 0.9 on a 64^3 grid."""
+    """600 steps (3-6 min here): mean IoU >= 0.9 on a 64^3 grid (measured 0.93 at 400-600 steps)."""
     ious = _overfit(tmp_path, steps=600, resolution=64)
     assert ious.mean() >= 0.9, ious

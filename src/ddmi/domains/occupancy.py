@@ -161,12 +161,23 @@ def load_point_cloud(path: Path) -> np.ndarray:
     return pts
 
 
+def _unique_stems(paths: list[Path], suffix: str) -> list[str]:
+    """Output names: the file stems, or ``<folder>_<stem>`` when stems repeat (ONet clouds are all
+    ``pointcloud.npz``), or ``<index>_...`` if that still repeats."""
+    stems = [p.stem for p in paths]
+    if len(set(stems)) < len(stems):
+        stems = [f"{p.parent.name}_{p.stem}" for p in paths]
+    if len(set(stems)) < len(stems):
+        stems = [f"{i:04d}_{s}" for i, s in enumerate(stems)]
+    return [s + suffix for s in stems]
+
+
 def reconstruct_shapes_command(ae, args, log=print) -> int:
     """``ddmi reconstruct`` for a shapes run: point clouds -> meshes (+ PNG previews)."""
     out = Path(args.out)
     res = args.resolution or 128
     rng = np.random.default_rng(0)
-    stems = [f"{Path(p).stem}_rec{res}" for p in args.inputs]
+    stems = _unique_stems([Path(p) for p in args.inputs], f"_rec{res}")
     if not args.overwrite:
         taken = [out / f"{s}.{e}" for s in stems for e in ("ply", "obj", "png") if (out / f"{s}.{e}").exists()]
         if taken:
