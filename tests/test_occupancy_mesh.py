@@ -86,3 +86,18 @@ def test_shape_metrics_on_meshes():
     assert pcs.shape == (2, 256, 3)
     same = shape_metrics(pcs, pcs.clone())
     assert same["mmd"] == pytest.approx(0.0, abs=1e-6) and same["cov"] == 1.0
+
+
+def test_shape_metrics_normalise_each_cloud_to_the_unit_sphere():
+    """Spec 7: clouds are centred and scaled before Chamfer, so a moved and scaled copy of the
+    reference set scores like the set itself, and a different shape does not."""
+    spheres = [extract_meshes(sphere_field(), 16, threshold=0.5)[0]]
+    box_v = np.array([[x, y, z] for x in (-0.3, 0.3) for y in (-0.1, 0.1) for z in (-0.2, 0.2)], np.float32)
+    box_f = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+                      [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
+    ref = mesh_point_clouds(spheres + [(box_v, box_f)], 512, seed=0)
+    moved = mesh_point_clouds([(0.5 * v + 0.1, f) for v, f in spheres + [(box_v, box_f)]], 512, seed=1)
+    other = mesh_point_clouds(spheres * 2, 512, seed=2)
+    good, bad = shape_metrics(moved, ref), shape_metrics(other, ref)
+    assert good["cov"] == 1.0 and bad["cov"] == 0.5
+    assert good["mmd"] < 0.1 * bad["mmd"]
