@@ -6,6 +6,7 @@ import torch
 
 from ddmi.cli import main
 from ddmi.config import load_config
+from occupancy_fixtures import shape_data  # noqa: F401 (fixture)
 from ddmi.data.shapes import ShapesDataset, split_item
 from ddmi.data.synthetic import synth_shapes
 from ddmi.data.synthetic_shapes import occupancy, synthetic_shape_parts
