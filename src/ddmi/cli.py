@@ -112,6 +112,9 @@ def cmd_synth(args) -> int:
     if args.kind == "image":
         paths = synthetic.synth_images(args.out_dir, num=args.num, resolution=args.resolution,
                                        seed=args.seed, overwrite=args.overwrite, split_test=args.test)
+    elif args.kind == "shapes":
+        paths = synthetic.synth_shapes(args.out_dir, num=args.num, seed=args.seed, overwrite=args.overwrite,
+                                       split_test=args.test, num_points=args.points, num_surface=args.points)
     else:  # pragma: no cover - argparse restricts the choices
         raise ConfigError(f"unknown synth kind {args.kind}")
     _log(f"wrote {len(paths)} {args.kind} files under {args.out_dir}")
@@ -143,8 +146,8 @@ def cmd_train(args) -> int:
     acc.wait_for_everyone()
     torch.manual_seed(cfg.seed)
     if args.stage == "vae":
-        from .stage1 import VAETask
-        task = VAETask(cfg, log=_log if acc.is_main_process else (lambda m: None))
+        from .stage1 import make_vae_task
+        task = make_vae_task(cfg, log=_log if acc.is_main_process else (lambda m: None))
     else:
         from .stage2 import LDMTask
         task = LDMTask(cfg, run_dir, accelerator=acc, log=_log)
@@ -167,6 +170,9 @@ def cmd_reconstruct(args) -> int:
     _check_options(args, "resolution")
     _torch_threads()
     ae = load_autoencoder(args.run_dir)
+    if ae.domain == "occupancy":
+        from .domains.occupancy import reconstruct_shapes_command
+        return reconstruct_shapes_command(ae, args, log=_log)
     if ae.domain != "image":
         raise ConfigError(f"reconstruct for the {ae.domain} domain is not available yet")
     out = Path(args.out)
@@ -225,12 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("synth", help="write a synthetic dataset")
-    s.add_argument("kind", choices=["image"])
+    s.add_argument("kind", choices=["image", "shapes"])
     s.add_argument("out_dir")
     s.add_argument("--num", type=int, default=1000)
     s.add_argument("--resolution", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--test", type=int, default=0, help="also write this many test items")
+    s.add_argument("--points", type=int, default=30_000,
+                   help="shapes: query points and surface points per shape (ONet's files hold 100k; "
+                   "training draws 2048 + 3000 per step)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_synth)
 
@@ -241,11 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("reconstruct", help="encode images and render them at any resolution")
+    s = sub.add_parser("reconstruct", help="encode images (or point clouds, for a shapes run) and "
+                       "render them at any resolution (meshes: grid resolution)")
     s.add_argument("run_dir")
     s.add_argument("inputs", nargs="+")
     s.add_argument("--out", required=True)
     s.add_argument("--resolution", type=int, default=None)
+    s.add_argument("--normalize", action="store_true",
+                   help="shapes: centre each point cloud and scale its longest side to 1 first")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_reconstruct)
 
@@ -254,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num", type=int, default=16)
     s.add_argument("--out", required=True)
     s.add_argument("--resolution", type=int, action="append", default=None,
-                   help="render size (repeat for several)")
+                   help="render size, or mesh grid resolution for shapes (default 128); repeat for several")
     s.add_argument("--sampler", default=None)
     s.add_argument("--steps", type=int, default=None)
     s.add_argument("--eta", type=float, default=0.0)

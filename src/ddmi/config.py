@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
 
-DOMAINS = ("image",)
+DOMAINS = ("image", "occupancy")
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp2m")
 
 
@@ -45,6 +45,7 @@ class VAEConfig:
     z_channels: int = 128
     embed_dim: int = 64
     attn_resolutions: list[int] = field(default_factory=list)
+    inter_attn_resolutions: list[int] = field(default_factory=list)  # tri-plane: cross-plane mixing
     hdbpe_resolutions: list[int] = field(default_factory=lambda: [128, 64])
     plane_channels: int = 64
     mid_attn_heads: int = 1
@@ -71,6 +72,21 @@ class VAELossConfig:
     multiscale: bool = True            # train on 1x / 1.5x / 2x crops with scale injection
     lpips_weights: Optional[str] = None  # local LPIPS weights file; none -> no perceptual loss
     lpips_weight: float = 1.0
+
+
+@dataclass
+class ShapesConfig:
+    """The occupancy (3-D shape) domain: ONet data sampling, PointNet, meshing (spec 3.2, 7)."""
+
+    classes: Optional[list[str]] = None   # synsets to use; none = every synset folder
+    num_points: int = 3000             # encoder input: surface points drawn per shape
+    point_noise: float = 0.005         # std of the Gaussian noise added to them
+    num_queries: int = 2048            # occupancy supervision points per shape
+    padding: float = 0.1               # the box is (1 + padding) * [-0.5, 0.5]^3
+    threshold: float = 0.2             # occupancy probability of the extracted surface
+    pointnet_hidden: int = 256
+    pointnet_blocks: int = 7
+    pointnet_channels: int = 32        # channels of the PointNet planes (the VAE input)
 
 
 @dataclass
@@ -127,6 +143,7 @@ class DDMIConfig:
     data: DataConfig = field(default_factory=DataConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ldm: LDMConfig = field(default_factory=LDMConfig)
@@ -229,7 +246,19 @@ def validate(cfg: DictConfig) -> None:
         check(r in valid_res and r != cfg.data.resolution, "vae.hdbpe_resolutions",
               f"{r} is not a decoder resolution below {cfg.data.resolution} "
               f"(choose from {sorted(valid_res - {cfg.data.resolution})})")
+    for r in cfg.vae.inter_attn_resolutions:
+        check(r in valid_res, "vae.inter_attn_resolutions",
+              f"{r} is not a resolution of the encoder (choose from {sorted(valid_res)})")
     check(cfg.vae.plane_channels > 0 and cfg.vae.ch > 0, "vae.ch", "must be positive")
+    if cfg.domain == "occupancy":
+        sc = cfg.shapes
+        check(sc.num_points > 0, "shapes.num_points", "must be > 0")
+        check(sc.num_queries > 0, "shapes.num_queries", "must be > 0")
+        check(sc.point_noise >= 0, "shapes.point_noise", "must be >= 0")
+        check(sc.padding >= 0, "shapes.padding", "must be >= 0")
+        check(0 < sc.threshold < 1, "shapes.threshold", "must be a probability in (0, 1)")
+        check(sc.pointnet_blocks >= 1 and sc.pointnet_hidden > 0 and sc.pointnet_channels > 0,
+              "shapes.pointnet_blocks", "PointNet sizes must be positive")
     for section in ("train", "ldm_train"):
         t = cfg[section]
         check(t.steps > 0, f"{section}.steps", "must be > 0")

@@ -109,7 +109,18 @@ class ImageAutoencoder(nn.Module):
         return loss, logs
 
 
-AUTOENCODERS = {"image": ImageAutoencoder}
+    def encoder_views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder inputs of a batch (stage-2 latent cache): the images and their mirrors."""
+        x = image_domain.resize(images, self.resolution)
+        return [x, x.flip(-1)]
+
+
+def _occupancy(cfg: DictConfig) -> nn.Module:
+    from .occupancy_model import OccupancyAutoencoder
+    return OccupancyAutoencoder(cfg)
+
+
+AUTOENCODERS = {"image": ImageAutoencoder, "occupancy": _occupancy}
 
 
 def build_autoencoder(cfg: DictConfig) -> nn.Module:

@@ -11,7 +11,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .data.images import ImageFolderDataset, save_grid
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .models import build_autoencoder
 from .train import Task
 
@@ -109,3 +109,45 @@ class VAETask(Task):
         path = folder / f"recon-step{step:07d}.png"
         save_grid(grid, path, nrow=len(x))
         return [path]
+
+
+class OccupancyVAETask(VAETask):
+    """Stage 1 of the occupancy domain: ONet-layout shapes (``data.dir``), BCE + KL + SN."""
+
+    def __init__(self, cfg: DictConfig, *, log=print):
+        from .data.shapes import ShapesDataset
+        if cfg.data.dir is None:
+            raise ConfigError("no training data: set data.dir=FOLDER (ONet layout; see `ddmi synth shapes`)")
+        self.cfg = cfg
+        sc = cfg.shapes
+        kw = dict(classes=None if sc.classes is None else list(sc.classes), num_points=sc.num_points,
+                  point_noise=sc.point_noise, num_queries=sc.num_queries, seed=cfg.seed)
+        self.dataset = ShapesDataset(cfg.data.dir, split="train", **kw)
+        self.num_workers = cfg.data.num_workers
+        self.autoencoder = build_autoencoder(cfg)
+        self.module = _Forward(self.autoencoder, None, 1.0)
+        try:  # held-out shapes for the reconstruction previews, if there are any
+            preview = ShapesDataset(cfg.data.test_dir or cfg.data.dir, split="test", **kw)
+        except DataError:
+            preview = self.dataset
+        self.preview = torch.stack([preview[i] for i in range(min(8, len(preview)))])
+
+    def write_samples(self, step: int, folder: Path) -> list[Path]:
+        """Meshes (32^3) of the reconstructions of up to 8 preview shapes, one view each."""
+        from .data.shapes import split_item
+        from .domains.occupancy import extract_meshes, preview_sheet
+        from .render.mesh import write_png
+        ae = self.autoencoder
+        device = next(ae.parameters()).device
+        points = split_item(self.preview.to(device), ae.num_points)[0]
+        meshes = extract_meshes(ae.decode(ae.encode(points).mode()), 32, threshold=ae.threshold,
+                                half_extent=ae.half_extent)
+        path = folder / f"recon-step{step:07d}.png"
+        return [write_png(path, preview_sheet(meshes, half_extent=ae.half_extent))]
+
+
+def make_vae_task(cfg: DictConfig, *, log=print) -> VAETask:
+    """The stage-1 task of ``cfg.domain``."""
+    if cfg.domain == "occupancy":
+        return OccupancyVAETask(cfg, log=log)
+    return VAETask(cfg, log=log)

@@ -16,7 +16,6 @@ from .api import load_autoencoder
 from .config import load_config
 from .data.images import ImageFolderDataset, save_grid, save_image
 from .diffusion import sample as diffusion_sample
-from .domains import image as image_domain
 from .ema import EMA
 from .errors import ConfigError, DDMIError
 from .ldm import build_diffusion, load_diffusion, slerp
@@ -57,25 +56,26 @@ def stage2_config(preset_cfg: DictConfig, vae_run: Path, *, data_dir_overridden:
 
 
 class LatentCache(Dataset):
-    """Posterior means and standard deviations of every training image (and its mirror).
+    """Posterior means and standard deviations of every training item, for each of the encoder
+    views the domain gives (``ae.encoder_views(batch)``: images -> [original, mirrored];
+    shapes -> [point cloud]).
 
-    Item ``i``: ``(2, 2, C, h, w)`` = [orientation (original, flipped)][mean, std].
+    Item ``i``: ``(V, 2, C, h, w)`` = [view][mean, std].
     """
 
-    def __init__(self, ae: nn.Module, images: Dataset, *, batch_size: int = 32, log=print):
+    def __init__(self, ae: nn.Module, items: Dataset, *, batch_size: int = 32, log=print):
         from tqdm.auto import tqdm
         stats = []
-        loader = torch.utils.data.DataLoader(images, batch_size=batch_size)
+        loader = torch.utils.data.DataLoader(items, batch_size=batch_size)
         with torch.inference_mode():
             for x in tqdm(loader, desc="encoding latents", leave=False, disable=None):
-                x = image_domain.resize(x, ae.resolution)
-                per_flip = []
-                for xx in (x, x.flip(-1)):
+                per_view = []
+                for xx in ae.encoder_views(x):
                     post = ae.encode(xx)
-                    per_flip.append(torch.stack([post.mean, post.std], dim=1))
-                stats.append(torch.stack(per_flip, dim=1))
+                    per_view.append(torch.stack([post.mean, post.std], dim=1))
+                stats.append(torch.stack(per_view, dim=1))
         self.stats = torch.cat(stats).float()
-        log(f"cached the latents of {len(self.stats)} images: {tuple(self.stats.shape[3:])} each")
+        log(f"cached the latents of {len(self.stats)} items: {tuple(self.stats.shape[3:])} each")
 
     def __len__(self) -> int:
         return len(self.stats)
@@ -99,7 +99,8 @@ class _LDMForward(nn.Module):
         self.diffusion = diffusion
 
     def forward(self, stats: torch.Tensor, rand: dict):
-        stats = torch.where(rand["flip"][:, None, None, None, None, None], stats[:, 1:2], stats[:, 0:1])[:, 0]
+        view = rand["flip"].long().clamp(max=stats.shape[1] - 1)            # mirrored view if any
+        stats = stats[torch.arange(len(stats), device=stats.device), view]
         z0 = stats[:, 0] + stats[:, 1] * rand["posterior_noise"]          # posterior sample
         d = self.diffusion
         x0 = d.normalize(z0)
@@ -126,8 +127,7 @@ class LDMTask(Task):
         self.ae = load_autoencoder(self.run_dir).requires_grad_(False)
         if cfg.data.dir is None:
             raise ConfigError("no training data: set data.dir=FOLDER")
-        images = ImageFolderDataset(cfg.data.dir, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
-        self.dataset = LatentCache(self.ae, images, log=log if main else (lambda m: None))
+        self.dataset = LatentCache(self.ae, encoder_dataset(cfg), log=log if main else (lambda m: None))
         self.num_workers = 0
         self.latent_shape = self.ae.latent_shape
         scale = cfg.ldm.latent_scale
@@ -148,7 +148,7 @@ class LDMTask(Task):
     def random_inputs(self, generator, n):
         shape = (n, *self.latent_shape)
         flip = torch.rand(n, generator=generator) < 0.5
-        if not self.cfg.data.hflip:
+        if not self.cfg.data.hflip or self.dataset.stats.shape[1] < 2:
             flip = torch.zeros(n, dtype=torch.bool)
         return {"flip": flip, "posterior_noise": torch.randn(shape, generator=generator),
                 "t": torch.randint(0, self.diffusion.num_steps, (n,), generator=generator),
@@ -169,10 +169,27 @@ class LDMTask(Task):
         device = next(self.diffusion.parameters()).device
         z = diffusion_sample(self.ema.model, self.fixed_noise.shape, sampler=self.cfg.ldm.sampler,
                              steps=self.cfg.ldm.sample_steps, noise=self.fixed_noise.to(device))
-        r = self.ae.resolution
         path = folder / f"samples-step{step:07d}.png"
+        if self.ae.domain == "occupancy":
+            from .domains.occupancy import extract_meshes, preview_sheet
+            from .render.mesh import write_png
+            meshes = extract_meshes(self.ae.to(device).decode(z[:8]), 32, threshold=self.ae.threshold,
+                                    half_extent=self.ae.half_extent)
+            return [write_png(path, preview_sheet(meshes, half_extent=self.ae.half_extent))]
+        r = self.ae.resolution
         save_grid(self.ae.render(z, 2 * r).cpu(), path, nrow=8)
         return [path]
+
+
+def encoder_dataset(cfg: DictConfig) -> Dataset:
+    """The training items whose latents stage 2 learns (the domain's stage-1 dataset, one fixed
+    draw per item)."""
+    if cfg.domain == "occupancy":
+        from .data.shapes import ShapesDataset
+        sc = cfg.shapes
+        return ShapesDataset(cfg.data.dir, split="train", classes=None if sc.classes is None else list(sc.classes),
+                             num_points=sc.num_points, point_noise=sc.point_noise, num_queries=1, seed=cfg.seed)
+    return ImageFolderDataset(cfg.data.dir, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
 
 
 def copy_vae(vae_run: Path, dest: Path) -> None:
@@ -233,6 +250,9 @@ def sample_command(args, log=print) -> int:
     cfg = ckpt.load_run_config(run_dir)
     ae = load_autoencoder(run_dir)
     diffusion = load_diffusion(run_dir, ae.latent_shape, ema=not args.no_ema)
+    if ae.domain == "occupancy":
+        from .domains.occupancy import sample_shapes_command
+        return sample_shapes_command(args, ae, diffusion, cfg, log=log)
     sampler = args.sampler or cfg.ldm.sampler
     steps = args.steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
     resolutions = args.resolution or [ae.resolution]

@@ -87,10 +87,15 @@ def global_positions(step: int, micro: int, grad_accum: int, global_batch: int) 
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
-    """Yields the dataset indices of this process's micro-batches from ``start_step`` on."""
+    """Yields the dataset indices of this process's micro-batches from ``start_step`` on.
+
+    With ``positional``, it yields ``(index, global position)`` pairs instead, for datasets that
+    draw per-item randomness themselves (seeded by the position, so it survives resume).
+    """
 
     def __init__(self, n: int, *, seed: int, batch_size: int, grad_accum: int, rank: int,
-                 world: int, start_step: int, steps: int):
+                 world: int, start_step: int, steps: int, positional: bool = False):
+        self.positional = positional
         self.n, self.seed, self.bs, self.ga = n, seed, batch_size, grad_accum
         self.rank, self.world, self.start, self.steps = rank, world, start_step, steps
         self._perms: dict[int, np.ndarray] = {}
@@ -107,7 +112,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
             for micro in range(self.ga):
                 pos = global_positions(step, micro, self.ga, gb)
                 mine = pos[self.rank * self.bs:(self.rank + 1) * self.bs]
-                yield [self._index(p) for p in mine]
+                yield [(self._index(p), p) if self.positional else self._index(p) for p in mine]
 
     def __len__(self) -> int:
         return (self.steps - self.start) * self.ga
@@ -236,7 +241,8 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
 
     sampler = StepBatchSampler(len(task.dataset), seed=seed, batch_size=tc.batch_size,
                                grad_accum=tc.grad_accum, rank=rank, world=world,
-                               start_step=start_step, steps=tc.steps)
+                               start_step=start_step, steps=tc.steps,
+                               positional=getattr(task.dataset, "positional", False))
     loader = DataLoader(task.dataset, batch_sampler=sampler, num_workers=getattr(task, "num_workers", 0),
                         persistent_workers=False)
     batches = iter(loader)

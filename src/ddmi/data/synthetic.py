@@ -13,8 +13,9 @@ Shared rules for every writer (implemented once, below):
 * **safe**: a non-empty ``out_dir`` is refused unless ``overwrite=True``;
 * **atomic**: every file is written to a temporary name in its folder, then renamed.
 
-Domains: images (:func:`synth_images`). Shapes, video and NeRF generators are to be added here
-following the same pattern.
+Domains: images (:func:`synth_images`), 3-D shapes (:func:`synth_shapes`, in
+:mod:`ddmi.data.synthetic_shapes`). Video and NeRF generators are to be added here following the
+same pattern.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from ddmi.data.images import save_image
 from ddmi.errors import ConfigError, DataError
 
-__all__ = ["render_synthetic_image", "synth_images"]
+__all__ = ["render_synthetic_image", "synth_images", "synth_shapes"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -297,3 +298,11 @@ def synth_images(
             image = render_synthetic_image(_item_rng(seed, split, i), resolution)
             written.append(save_image(image, folder / name))
     return written
+
+
+def synth_shapes(out_dir: PathLike, *, num: int, seed: int, overwrite: bool = False, split_test: int = 0,
+                 num_points: int = 100_000, num_surface: int = 100_000) -> list[Path]:
+    """3-D shapes in the ONet ShapeNet layout: see :func:`ddmi.data.synthetic_shapes.synth_shapes`."""
+    from ddmi.data.synthetic_shapes import synth_shapes as _synth_shapes
+    return _synth_shapes(out_dir, num=num, seed=seed, overwrite=overwrite, split_test=split_test,
+                         num_points=num_points, num_surface=num_surface)

@@ -1,0 +1,198 @@
+"""The occupancy (3-D shape) domain: fields -> dense grids -> meshes -> files, and 3-D metrics.
+
+A shape field (``OccupancyAutoencoder.decode``) returns occupancy *logits* at normalised
+coordinates ``u`` in ``[-1, 1]^3`` (:mod:`ddmi.triplane`); the world frame is ``p = u *
+half_extent`` (the padded unit cube, ``half_extent = 0.55``). Meshes are extracted at any grid
+resolution ``R``: the field is evaluated at the ``R^3`` cell centres of the box, slab by slab (at
+most ``slab_points`` coordinates exist at a time), and marching cubes runs at the logit of the
+occupancy threshold (0.2 -> ``ln(0.2/0.8)``, as in the paper's evaluation).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from ..fields import Field, pixel_centers
+from ..render import mesh as meshio
+
+Mesh = tuple[np.ndarray, np.ndarray]   # (vertices (V, 3) float32 world frame, faces (F, 3) int64)
+
+
+def field_volume(field: Field, resolution: int, *, slab_points: int = 1 << 18) -> np.ndarray:
+    """Logits of every field of the batch on the ``R^3`` cell-centre grid of ``[-1, 1]^3``.
+
+    Returns ``(B, R, R, R)`` float32 indexed ``[b, ix, iy, iz]``.
+    """
+    r = int(resolution)
+    if r < 2:
+        raise ConfigError(f"mesh resolution must be >= 2, got {r}")
+    device = field.planes[0].device
+    c = pixel_centers(r, device=device)
+    yz = torch.stack(torch.meshgrid(c, c, indexing="ij"), dim=-1).reshape(-1, 2)   # (R*R, 2): y, z
+    out = np.empty((field.batch_size, r, r, r), np.float32)
+    step = max(1, slab_points // (r * r))
+    with torch.inference_mode():
+        for x0 in range(0, r, step):
+            xs = c[x0:x0 + step]
+            coords = torch.cat([xs.repeat_interleave(r * r)[:, None], yz.repeat(len(xs), 1)], dim=1)
+            logits = field.query(coords)[..., 0]                                  # (B, k*R*R)
+            out[:, x0:x0 + len(xs)] = logits.reshape(field.batch_size, len(xs), r, r).float().cpu().numpy()
+    return out
+
+
+def extract_meshes(field: Field, resolution: int, *, threshold: float = 0.2, half_extent: float = 0.55,
+                   slab_points: int = 1 << 18) -> list[Mesh]:
+    """One watertight mesh per field of the batch, in the world frame (one field at a time, so
+    memory holds a single ``R^3`` volume)."""
+    level = math.log(threshold / (1.0 - threshold))
+    meshes = []
+    for i in range(field.batch_size):
+        vol = field_volume(field[i], resolution, slab_points=slab_points)[0]
+        meshes.append(meshio.marching_cubes(vol, level, lo=-half_extent, hi=half_extent))
+    return meshes
+
+
+def write_meshes(meshes: list[Mesh], out: Path, stems: list[str], *, preview_size: int = 192,
+                 half_extent: float = 0.55, grid_name: str | None = "grid.png") -> list[Path]:
+    """``stem.ply``, ``stem.obj`` and ``stem.png`` (three shaded views) per mesh, plus a grid of
+    one view per mesh (``grid_name``)."""
+    written, tiles = [], []
+    for (v, f), stem in zip(meshes, stems):
+        written.append(meshio.write_ply(out / f"{stem}.ply", v, f))
+        written.append(meshio.write_obj(out / f"{stem}.obj", v, f))
+        sheet = meshio.preview(v, f, size=preview_size, extent=half_extent)
+        written.append(meshio.write_png(out / f"{stem}.png", sheet))
+        tiles.append(sheet[:, :preview_size + 4])
+    if grid_name:
+        ncol = min(len(tiles), 4)
+        written.append(meshio.write_png(out / grid_name, meshio.contact_sheet(tiles, ncol=ncol)))
+    return written
+
+
+def preview_sheet(meshes: list[Mesh], *, size: int = 128, half_extent: float = 0.55, ncol: int = 8) -> np.ndarray:
+    tiles = [meshio.render_mesh(v, f, size=size, extent=half_extent) for v, f in meshes]
+    return meshio.contact_sheet(tiles, ncol=min(ncol, len(tiles)))
+
+
+# ------------------------------------------------------------------------------------------
+# metrics
+
+
+def mesh_point_clouds(meshes: list[Mesh], num_points: int = 2048, *, seed: int = 0) -> torch.Tensor:
+    """``num_points`` surface samples of every mesh: ``(N, num_points, 3)`` (zeros for empty ones)."""
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(np.stack([meshio.sample_mesh_surface(v, f, num_points, rng)[0] for v, f in meshes]))
+
+
+def shape_metrics(generated: torch.Tensor, reference: torch.Tensor, **kw) -> dict[str, float]:
+    """MMD-CD, COV-CD and 1-NNA-CD (spec 7) of generated vs reference clouds ``(N, P, 3)``, each
+    cloud normalised to the unit sphere first (bounding-box centre, max radius 1)."""
+    from ..metrics.pointcloud import mmd_cov_1nna, normalize_to_unit_sphere
+    return mmd_cov_1nna(normalize_to_unit_sphere(generated.float()), normalize_to_unit_sphere(reference.float()), **kw)
+
+
+# ------------------------------------------------------------------------------------------
+# commands
+
+
+def sample_shapes_command(args, ae, diffusion, cfg, log=print) -> int:
+    """``ddmi sample`` for a shapes run: meshes (PLY + OBJ) and PNG previews per sample."""
+    from ..ldm import slerp
+    from ..stage2 import _check_free, generate_latents, noise_for
+    sampler = args.sampler or cfg.ldm.sampler
+    steps = args.steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
+    resolutions = args.resolution or [128]
+    if args.num < 1:
+        raise ConfigError("--num must be >= 1")
+    out = Path(args.out)
+    if args.interpolate:
+        a, b = noise_for(args.seed, 0, ae.latent_shape), noise_for(args.seed + 1, 0, ae.latent_shape)
+        noises = torch.stack([slerp(a, b, float(t)) for t in np.linspace(0, 1, max(2, args.num))])
+        prefix = "interpolation"
+    else:
+        noises = torch.stack([noise_for(args.seed, i, ae.latent_shape) for i in range(args.num)])
+        prefix = "sample"
+    stems = {r: [f"{prefix}_{i:05d}_{r}" for i in range(len(noises))] for r in resolutions}
+    targets = [out / f"{s}.{ext}" for r in resolutions for s in stems[r] for ext in ("ply", "obj", "png")]
+    targets += [out / f"grid_{r}.png" for r in resolutions]
+    _check_free(targets, args.overwrite)
+    with torch.inference_mode():
+        z = generate_latents(diffusion, ae.latent_shape, noises, sampler=sampler, steps=steps,
+                             eta=args.eta, batch_size=args.batch_size)
+        for r in resolutions:
+            meshes = []
+            for i in range(0, len(z), args.batch_size):
+                meshes += extract_meshes(ae.decode(z[i:i + args.batch_size]), r, threshold=ae.threshold,
+                                         half_extent=ae.half_extent)
+            write_meshes(meshes, out, stems[r], half_extent=ae.half_extent, grid_name=f"grid_{r}.png")
+            empty = sum(len(f) == 0 for _, f in meshes)
+            if empty:
+                log(f"warning: {empty} of {len(meshes)} samples at {r}^3 have an empty surface")
+    log(f"wrote {len(noises)} meshes (PLY + OBJ + PNG) at {', '.join(f'{r}^3' for r in resolutions)} "
+        f"to {out} ({sampler}, {steps or 'default'} steps)")
+    return 0
+
+
+def load_point_cloud(path: Path) -> np.ndarray:
+    """Points ``(N, 3)`` of a ``.npz`` (array ``points``), ``.npy``, ``.ply`` (ddmi's) or text file."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npz":
+            from ..data.shapes import read_pointcloud_npz
+            return read_pointcloud_npz(path)
+        if path.suffix == ".npy":
+            pts = np.load(path, allow_pickle=False)
+        elif path.suffix == ".ply":
+            pts = meshio.read_ply(path)[0]
+        else:
+            pts = np.loadtxt(path, ndmin=2)[:, :3]
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read a point cloud ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    pts = np.asarray(pts, np.float32)
+    if pts.ndim != 2 or pts.shape[1] != 3 or not len(pts) or not np.isfinite(pts).all():
+        raise DataError(f"{path}: expected finite points of shape (N, 3), got {pts.shape}")
+    return pts
+
+
+def _unique_stems(paths: list[Path], suffix: str) -> list[str]:
+    """Output names: the file stems, or ``<folder>_<stem>`` when stems repeat (ONet clouds are all
+    ``pointcloud.npz``), or ``<index>_...`` if that still repeats."""
+    stems = [p.stem for p in paths]
+    if len(set(stems)) < len(stems):
+        stems = [f"{p.parent.name}_{p.stem}" for p in paths]
+    if len(set(stems)) < len(stems):
+        stems = [f"{i:04d}_{s}" for i, s in enumerate(stems)]
+    return [s + suffix for s in stems]
+
+
+def reconstruct_shapes_command(ae, args, log=print) -> int:
+    """``ddmi reconstruct`` for a shapes run: point clouds -> meshes (+ PNG previews)."""
+    out = Path(args.out)
+    res = args.resolution or 128
+    rng = np.random.default_rng(0)
+    stems = _unique_stems([Path(p) for p in args.inputs], f"_rec{res}")
+    if not args.overwrite:
+        taken = [out / f"{s}.{e}" for s in stems for e in ("ply", "obj", "png") if (out / f"{s}.{e}").exists()]
+        if taken:
+            from ..errors import DDMIError
+            raise DDMIError(f"{taken[0]} exists (pass --overwrite to replace it)")
+    meshes = []
+    for path in args.inputs:
+        pts = load_point_cloud(Path(path))
+        if getattr(args, "normalize", False):
+            lo, hi = pts.min(0), pts.max(0)
+            pts = (pts - (lo + hi) / 2) / max(float((hi - lo).max()), 1e-12)
+        pts = pts[rng.integers(0, len(pts), ae.num_points)]
+        with torch.inference_mode():
+            z = ae.encode(torch.from_numpy(pts)[None]).mode()
+            meshes += extract_meshes(ae.decode(z), res, threshold=ae.threshold, half_extent=ae.half_extent)
+    write_meshes(meshes, out, stems, half_extent=ae.half_extent, grid_name="reconstructions.png")
+    log(f"wrote {len(meshes)} reconstructed meshes at {res}^3 to {out} (PLY + OBJ + PNG each)")
+    return 0

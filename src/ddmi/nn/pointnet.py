@@ -1,0 +1,75 @@
+"""PointNet with local pooling into three planes (ConvONet ``pointnet_local_pool``, spec 3.2).
+
+Written with ``Tensor.scatter_reduce`` (no torch-scatter). Points are given in the normalised
+tri-plane frame ``u`` in ``[-1, 1]^3`` (:mod:`ddmi.triplane`), and features are pooled into and
+written to the plane cells of :func:`ddmi.triplane.cell_index`, the cells the MLP later reads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..triplane import cell_index
+
+
+class ResnetBlockFC(nn.Module):
+    """Pre-activation residual MLP block: ``shortcut(x) + fc_1(relu(fc_0(relu(x))))``.
+
+    The hidden width is ``min(in, out)``; ``fc_1`` starts at zero and the shortcut is a linear map
+    without bias when the widths differ. ``x (..., in)`` -> ``(..., out)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        hidden = min(in_features, out_features)
+        self.fc_0 = nn.Linear(in_features, hidden)
+        self.fc_1 = nn.Linear(hidden, out_features)
+        nn.init.zeros_(self.fc_1.weight)
+        self.shortcut = (nn.Linear(in_features, out_features, bias=False)
+                         if in_features != out_features else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x) + self.fc_1(F.relu(self.fc_0(F.relu(x))))
+
+
+def scatter_to_cells(values: torch.Tensor, index: torch.Tensor, cells: int, reduce: str) -> torch.Tensor:
+    """``values (B, N, F)`` reduced (``"amax"`` or ``"mean"``) into ``(B, cells, F)`` by
+    ``index (B, N)``; cells that receive no point are 0."""
+    b, _, f = values.shape
+    out = values.new_zeros(b, cells, f)
+    return out.scatter_reduce(1, index[..., None].expand(-1, -1, f), values, reduce, include_self=False)
+
+
+class LocalPoolPointNet(nn.Module):
+    """Point cloud ``u (B, N, 3)`` -> three feature planes ``(B, 3, C, R, R)`` (PLANES order).
+
+    ``fc_pos`` (3 -> 2h), ``blocks`` ResnetBlockFC(2h -> h); before every block but the first,
+    each point's features are concatenated with the sum over the three planes of the max of the
+    features of the points in its cell. ``fc_c`` (h -> C) and a per-cell mean give the planes.
+    """
+
+    def __init__(self, *, dim: int = 3, hidden: int = 256, blocks: int = 7, out_channels: int = 32,
+                 resolution: int = 64):
+        super().__init__()
+        self.resolution = resolution
+        self.out_channels = out_channels
+        self.fc_pos = nn.Linear(dim, 2 * hidden)
+        self.blocks = nn.ModuleList([ResnetBlockFC(2 * hidden, hidden) for _ in range(blocks)])
+        self.fc_c = nn.Linear(hidden, out_channels)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        b, n, _ = u.shape
+        r = self.resolution
+        index = cell_index(u, r)                                          # (B, 3, N)
+        net = self.blocks[0](self.fc_pos(u))
+        for block in self.blocks[1:]:
+            pooled = 0
+            for k in range(3):
+                cells = scatter_to_cells(net, index[:, k], r * r, "amax")
+                pooled = pooled + cells.gather(1, index[:, k, :, None].expand(-1, -1, net.shape[-1]))
+            net = block(torch.cat([net, pooled], dim=-1))
+        c = self.fc_c(net)                                               # (B, N, C)
+        planes = [scatter_to_cells(c, index[:, k], r * r, "mean") for k in range(3)]
+        return torch.stack(planes, dim=1).transpose(2, 3).reshape(b, 3, self.out_channels, r, r)

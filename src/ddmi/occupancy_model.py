@@ -1,0 +1,129 @@
+"""The occupancy D2C-VAE: PointNet -> tri-plane conv VAE -> tri-plane HDBPE -> CFC MLP (spec 3.2).
+
+Frame and plane conventions: :mod:`ddmi.triplane` (one normalisation ``u = p / half_extent`` for
+both encoding and querying; planes ``xy, xz, yz``). Batches are the packed tensors of
+:mod:`ddmi.data.shapes`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from .data.shapes import split_item
+from .fields import Field
+from .nn.pointnet import LocalPoolPointNet
+from .nn.spectral import SpectralRegularizer
+from .triplane import half_extent, normalize_points
+from .vae import DiagonalGaussian
+from .vae_triplane import OccupancyMLP, TriplaneVAE, TriplaneVAESpec
+
+
+def triplane_spec(cfg: DictConfig) -> TriplaneVAESpec:
+    v = cfg.vae
+    return TriplaneVAESpec(
+        in_channels=cfg.shapes.pointnet_channels, resolution=cfg.data.resolution, ch=v.ch,
+        ch_mult=tuple(v.ch_mult), num_res_blocks=v.num_res_blocks, z_channels=v.z_channels,
+        embed_dim=v.embed_dim, attn_resolutions=tuple(v.attn_resolutions),
+        hdbpe_resolutions=tuple(v.hdbpe_resolutions), plane_channels=v.plane_channels,
+        mid_attn_heads=v.mid_attn_heads, dropout=v.dropout,
+        inter_attn_resolutions=tuple(v.inter_attn_resolutions),
+    )
+
+
+def occupancy_iou(logits: torch.Tensor, occ: torch.Tensor, threshold_logit: float = 0.0) -> torch.Tensor:
+    """Mean over the batch of the IoU of ``logits > threshold_logit`` with ``occ > 0.5``: ``()``."""
+    pred, true = logits > threshold_logit, occ > 0.5
+    inter = (pred & true).flatten(1).sum(1).float()
+    union = (pred | true).flatten(1).sum(1).float()
+    return (inter / union.clamp_min(1)).mean()
+
+
+class OccupancyAutoencoder(nn.Module):
+    """Point cloud -> latent ``(3 * embed_dim, r, r)`` -> ``Field`` of occupancy logits.
+
+    The field is queried at normalised coordinates ``u`` in ``[-1, 1]^3`` (world ``p = u *
+    half_extent``) and returns logits ``(B, N, 1)``.
+    """
+
+    domain = "occupancy"
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__()
+        sc = cfg.shapes
+        self.spec = triplane_spec(cfg)
+        self.resolution = cfg.data.resolution
+        self.padding = sc.padding
+        self.half_extent = half_extent(sc.padding)
+        self.num_points = sc.num_points
+        self.threshold = sc.threshold
+        self.pointnet = LocalPoolPointNet(hidden=sc.pointnet_hidden, blocks=sc.pointnet_blocks,
+                                          out_channels=sc.pointnet_channels, resolution=cfg.data.resolution)
+        self.vae = TriplaneVAE(self.spec)
+        self.mlp = OccupancyMLP(plane_channels=self.spec.plane_channels,
+                                num_scales=len(self.spec.plane_resolutions), hidden=cfg.mlp.hidden)
+        self.spectral = SpectralRegularizer(self.vae, power_iters=cfg.loss.sn_power_iters) \
+            if cfg.loss.sn_reg else None
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        r = self.spec.latent_resolution
+        return (3 * self.spec.embed_dim, r, r)
+
+    @property
+    def threshold_logit(self) -> float:
+        t = torch.tensor(self.threshold, dtype=torch.float64)
+        return float(torch.log(t / (1 - t)))
+
+    def components(self) -> dict[str, nn.Module]:
+        return {"pointnet": self.pointnet, "encoder": self.vae.encoder, "decoder": self.vae.decoder,
+                "mlp": self.mlp}
+
+    def normalize(self, points: torch.Tensor) -> torch.Tensor:
+        return normalize_points(points, self.padding)
+
+    def encode(self, points: torch.Tensor) -> DiagonalGaussian:
+        """``points (B, N, 3)`` in the (padded) unit-cube frame -> posterior over the latent."""
+        return self.vae.encode(self.pointnet(self.normalize(points)))
+
+    def encoder_views(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder inputs of a batch of packed items (stage-2 latent cache): one view, no flips."""
+        return [split_item(batch, self.num_points)[0]]
+
+    def decode(self, z: torch.Tensor, *, chunk: int = 32768) -> Field:
+        """Latent ``(B, *latent_shape)`` -> a ``Field`` of logits at normalised coordinates."""
+        return Field(self.vae.decode(z), self.mlp, {}, chunk=chunk)
+
+    def random_inputs(self, generator: torch.Generator, n: int, *, hflip: bool = False) -> dict:
+        """All randomness of one training step for a global batch of ``n`` shapes (the points
+        themselves are drawn by the dataset)."""
+        return {"noise": torch.randn((n, *self.latent_shape), generator=generator)}
+
+    def forward(self, batch: torch.Tensor, rand: dict, *, kl_weight: float, sn_weight: float,
+                perceptual: nn.Module | None = None, perceptual_weight: float = 1.0
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Stage-1 loss on packed items ``batch (B, num_points + Q, 4)``.
+
+        BCE-with-logits summed over the ``Q`` query points, averaged over the batch; plus
+        ``kl_weight * KL`` (summed over the three latent planes, batch mean); plus
+        ``sn_weight *`` the spectral regulariser. (``perceptual`` must be None: no 3-D LPIPS.)
+        """
+        assert perceptual is None, "the occupancy domain has no perceptual loss"
+        points, queries, occ = split_item(batch, self.num_points)
+        posterior = self.encode(points)
+        z = posterior.mean + posterior.std * rand["noise"]
+        planes = self.vae.decode(z)
+        logits = self.mlp(planes, self.normalize(queries))[..., 0]
+        bce = F.binary_cross_entropy_with_logits(logits, occ, reduction="none").sum(1).mean()
+        kl = posterior.kl().mean()
+        loss = bce + kl_weight * kl
+        logs = {"bce": bce.detach(), "kl": kl.detach()}
+        if self.spectral is not None and sn_weight > 0:
+            sn = self.spectral(self.vae)
+            loss = loss + sn_weight * sn
+            logs["sn"] = sn.detach()
+        with torch.no_grad():
+            logs["iou"] = occupancy_iou(logits.detach(), occ, self.threshold_logit)
+        return loss, logs
