@@ -52,6 +52,16 @@ def test_cli_end_to_end(tmp_path, capsys):
     np.savez(bad, pts=np.zeros((10, 3)))
     assert main(["reconstruct", str(vae), str(bad), "--out", str(rec)]) == 2
     assert str(bad) in capsys.readouterr().err
+    # eval: generated meshes vs the test shapes (MMD/COV/1-NNA), reconstruction IoU of the VAE
+    import json
+    assert main(["eval", str(ldm), "--num", "2", "--steps", "2", "--resolution", "24",
+                 "--json", str(tmp_path / "gen.json")]) == 0
+    gen = json.loads((tmp_path / "gen.json").read_text())
+    assert gen["num_gen"] == 2 and {"mmd-cd", "cov-cd", "1nna-cd"} <= gen.keys()
+    assert 0 <= gen["cov-cd"] <= 1 and 0 <= gen["1nna-cd"] <= 1 and gen["mmd-cd"] >= 0
+    assert main(["eval", str(vae), "--json", str(tmp_path / "rec.json")]) == 0
+    assert 0 <= json.loads((tmp_path / "rec.json").read_text())["iou"] <= 1
+    assert main(["eval", str(vae), "--metric", "mmd-cd"]) == 2          # needs an LDM run
 
 
 def _overfit(tmp_path, *, steps, resolution, overrides=()):

@@ -32,8 +32,11 @@ from .domains.image import resize
 from .metrics.fid import to_uint8
 from .errors import ConfigError, DataError
 
-RUN_METRICS = ("fid", "kid", "rfid", "psnr", "ssim")
-DEFAULT_RUN_METRICS = {"ldm": ("fid", "kid"), "vae": ("rfid", "psnr", "ssim")}
+RUN_METRICS = {"image": ("fid", "kid", "rfid", "psnr", "ssim"),
+               "occupancy": ("mmd-cd", "cov-cd", "1nna-cd", "iou")}
+DEFAULT_RUN_METRICS = {("image", "ldm"): ("fid", "kid"), ("image", "vae"): ("rfid", "psnr", "ssim"),
+                       ("occupancy", "ldm"): ("mmd-cd", "cov-cd", "1nna-cd"), ("occupancy", "vae"): ("iou",)}
+GENERATION_METRICS = {"fid", "kid", "mmd-cd", "cov-cd", "1nna-cd"}
 
 
 def _images_uint8(dataset, *, num: int | None, resolution: int, seed: int, batch_size: int):
@@ -80,14 +83,20 @@ def evaluate_run(run_dir: Path, *, metrics, num: int | None, resolution: int | N
 
     info = ckpt.read_run_info(run_dir)
     cfg = ckpt.load_run_config(run_dir)
-    metrics = list(metrics or DEFAULT_RUN_METRICS[info["stage"]])
-    unknown = [m for m in metrics if m not in RUN_METRICS]
-    if unknown:
-        raise ConfigError(f"metric {unknown[0]!r} does not apply to a run folder; choose from {', '.join(RUN_METRICS)}")
-    if info["stage"] != "ldm" and {"fid", "kid"} & set(metrics):
-        raise ConfigError(f"{run_dir} is a VAE run: fid/kid need an LDM run (use rfid, psnr, ssim here)")
-    if cfg.domain != "image":
+    if cfg.domain not in RUN_METRICS:
         raise ConfigError(f"`ddmi eval` of {cfg.domain} run folders is not available yet")
+    metrics = list(metrics or DEFAULT_RUN_METRICS[(cfg.domain, info["stage"])])
+    allowed = RUN_METRICS[cfg.domain]
+    unknown = [m for m in metrics if m not in allowed]
+    if unknown:
+        raise ConfigError(f"metric {unknown[0]!r} does not apply to a {cfg.domain} run folder; "
+                          f"choose from {', '.join(allowed)}")
+    if info["stage"] != "ldm" and GENERATION_METRICS & set(metrics):
+        raise ConfigError(f"{run_dir} is a VAE run: {', '.join(sorted(GENERATION_METRICS & set(metrics)))} "
+                          "need an LDM run (samples)")
+    if cfg.domain == "occupancy":
+        return evaluate_shapes_run(run_dir, cfg, metrics=metrics, num=num, resolution=resolution,
+                                   sampler=sampler, steps=steps, batch_size=batch_size, ref=ref, seed=seed, log=log)
     ae = load_autoencoder(run_dir)
     res = resolution or ae.resolution
     eval_dir = run_dir / "eval"
@@ -149,6 +158,73 @@ def evaluate_run(run_dir: Path, *, metrics, num: int | None, resolution: int | N
     return results
 
 
+def evaluate_shapes_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler, steps, batch_size, ref,
+                        seed: int = 0, log=print) -> dict:
+    """Shape runs. ``mmd-cd``/``cov-cd``/``1nna-cd`` (LDM): ``--num`` (default 100) generated meshes
+    at ``--resolution`` (default 128), 2048 surface samples each, against 2048-point surface samples
+    of the reference shapes (the test split, else the training split), unit-sphere normalised
+    (spec 7). ``iou`` (VAE or LDM): reconstruction IoU of the reference shapes' occupancies from
+    their encoded point clouds (posterior mean), at the occupancy threshold."""
+    from .api import load_autoencoder
+    from .data.shapes import ShapesDataset, find_models
+    from .domains.occupancy import extract_meshes, mesh_point_clouds, shape_metrics
+    from .occupancy_model import occupancy_iou
+
+    ae = load_autoencoder(run_dir)
+    sc = cfg.shapes
+    root = ref or cfg.data.dir
+    classes = None if sc.classes is None else list(sc.classes)
+    split = "test"
+    try:
+        find_models(root, "test", classes)
+    except DataError:
+        split = "train"
+    ds = ShapesDataset(root, split=split, classes=classes, num_points=sc.num_points, point_noise=sc.point_noise,
+                       num_queries=1, seed=seed)
+    n_ref = len(ds) if num is None else min(num, len(ds))
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(len(ds), n_ref, replace=False))
+    results: dict = {"run": str(run_dir), "reference": f"{root} ({split}, {n_ref} shapes)"}
+
+    if "iou" in metrics:
+        ious = []
+        with torch.inference_mode():
+            for i in picked:
+                item = ds[int(i)][None]
+                z = ae.encode(item[:, :sc.num_points, :3]).mode()
+                points, occ = ds.occupancy(int(i))
+                logits = ae.decode(z).query(ae.normalize(torch.from_numpy(points).float()))[..., 0]
+                ious.append(float(occupancy_iou(logits, torch.from_numpy(occ).float()[None], ae.threshold_logit)))
+        results["iou"] = float(np.mean(ious))
+
+    if GENERATION_METRICS & set(metrics):
+        from .ldm import load_diffusion
+        from .stage2 import generate_latents, noise_for
+        res = resolution or 128
+        num_gen = num or 100
+        sampler = sampler or cfg.ldm.sampler
+        steps = steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
+        diffusion = load_diffusion(run_dir, ae.latent_shape, ema=True)
+        noises = torch.stack([noise_for(seed, i, ae.latent_shape) for i in range(num_gen)])
+        meshes = []
+        with torch.inference_mode():
+            z = generate_latents(diffusion, ae.latent_shape, noises, sampler=sampler, steps=steps,
+                                 batch_size=batch_size)
+            for i in range(0, num_gen, batch_size):
+                meshes += extract_meshes(ae.decode(z[i:i + batch_size]), res, threshold=ae.threshold,
+                                         half_extent=ae.half_extent)
+        gen = mesh_point_clouds(meshes, 2048, seed=seed)
+        ref_clouds = torch.from_numpy(np.stack([ds.surface(int(i))[rng.integers(0, len(ds.surface(int(i))), 2048)]
+                                                for i in picked])).float()
+        pc = shape_metrics(gen, ref_clouds)
+        for key, name in (("mmd", "mmd-cd"), ("cov", "cov-cd"), ("nna", "1nna-cd")):
+            if name in metrics:
+                results[name] = pc[key]
+        results.update(num_gen=num_gen, empty_meshes=sum(len(f) == 0 for _, f in meshes), resolution=res,
+                       sampler=sampler, steps=steps)
+    return results
+
+
 def _folder_kind(folder: Path) -> str:
     from .data.images import list_images
     if any(p.suffix.lower() in (".npy", ".npz") for p in folder.rglob("*")):
@@ -172,8 +248,9 @@ def eval_command(args, log=print) -> int:
         results = evaluate_run(path, metrics=metrics, num=args.num, resolution=args.resolution,
                                sampler=args.sampler, steps=args.steps, batch_size=args.batch_size,
                                ref=args.ref, log=log)
-        name = "-".join(sorted(m for m in RUN_METRICS if m in results)) or "eval"
-        json_path = Path(args.json) if args.json else path / "eval" / f"{name}-{results['resolution']}.json"
+        name = "-".join(sorted(m for ms in RUN_METRICS.values() for m in ms if m in results)) or "eval"
+        suffix = f"-{results['resolution']}" if "resolution" in results else ""
+        json_path = Path(args.json) if args.json else path / "eval" / f"{name}{suffix}.json"
     elif path.is_dir():
         if args.ref is None:
             raise ConfigError(f"{path} is not a run folder: pass --ref DIR (the reference files) to measure it")
