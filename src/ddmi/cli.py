@@ -81,11 +81,14 @@ def _prepare_run_dir(cfg, stage: str, run_dir: Path, is_main: bool):
         ckpt.init_run_dir(run_dir, cfg, stage)
 
 
-def _accelerator(tc):
+def _accelerator(tc, *, unused_parameters: bool = False):
+    """``unused_parameters``: some parameters get no gradient in some steps (GAN phases)."""
     import torch
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     cuda = torch.cuda.is_available()
-    return Accelerator(mixed_precision=tc.mixed_precision if cuda else "no", cpu=not cuda)
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if unused_parameters else []
+    return Accelerator(mixed_precision=tc.mixed_precision if cuda else "no", cpu=not cuda,
+                       kwargs_handlers=handlers)
 
 
 # ------------------------------------------------------------------------------------------
@@ -141,7 +144,7 @@ def cmd_train(args) -> int:
             raise ConfigError("no VAE: pass vae=VAE_RUN_DIR (a `ddmi train vae` run folder)")
         cfg = stage2_config(cfg, vae_dir or Path(cfg.vae_run),
                             data_dir_overridden="dir" in overrides.get("data", {}))
-    acc = _accelerator(cfg[stage_key])
+    acc = _accelerator(cfg[stage_key], unused_parameters=args.stage == "vae" and cfg.gan.enabled)
     _prepare_run_dir(cfg, args.stage, run_dir, acc.is_main_process)
     acc.wait_for_everyone()
     torch.manual_seed(cfg.seed)

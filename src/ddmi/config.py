@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 
 DOMAINS = ("image", "occupancy")
+GAN_DOMAINS = ("image",)
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp2m")
 
 
@@ -134,17 +135,33 @@ class LDMConfig:
 
 
 @dataclass
+class GANConfig:
+    """Adversarial fine-tuning of the D2C-VAE (spec 4, "GAN"): PatchGAN, hinge loss, feature
+    matching. Generator and discriminator steps alternate per optimiser step once started."""
+
+    enabled: bool = False
+    disc_weight: float = 1.0           # weight of the generator's adversarial term
+    feature_weight: float = 1.0        # weight of the feature-matching L1 term
+    start_step: int = 0                # optimiser steps of reconstruction-only training first
+    disc_channels: int = 64
+    disc_layers: int = 3               # stride-2 layers of the PatchGAN
+    disc_betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+
+
+@dataclass
 class DDMIConfig:
     name: str = "custom"
     domain: str = "image"
     seed: int = 0
     run_dir: Optional[str] = None
     vae_run: Optional[str] = None      # stage 2: the VAE run folder it was trained on
+    init: Optional[str] = None         # stage 1: start from this VAE run's weights (fresh optimiser)
     data: DataConfig = field(default_factory=DataConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ldm: LDMConfig = field(default_factory=LDMConfig)
     ldm_train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, weight_decay=0.0))
@@ -176,6 +193,12 @@ def _read_yaml(source: str) -> tuple[dict, str]:
         raise ConfigError(f"cannot parse {source}: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source} must hold a mapping of config keys")
+    if "base" in data:  # a preset may extend another one: its keys override the base's
+        base_name = data.pop("base")
+        if not isinstance(base_name, str) or base_name == source:
+            raise ConfigError(f"{source}: 'base' must name another preset or YAML file")
+        base, _ = _read_yaml(base_name)
+        data = OmegaConf.to_container(OmegaConf.merge(base, data))
     return data, source
 
 
@@ -281,6 +304,14 @@ def validate(cfg: DictConfig) -> None:
             ok = False
         check(ok, "ldm.latent_scale", "must be 'auto' or a positive number")
     check(0 < cfg.ldm.ema_decay < 1, "ldm.ema_decay", "must be in (0, 1)")
+    g = cfg.gan
+    check(not g.enabled or cfg.domain in GAN_DOMAINS, "gan.enabled",
+          f"adversarial fine-tuning is available for {', '.join(GAN_DOMAINS)}, not {cfg.domain}")
+    check(g.disc_weight >= 0 and g.feature_weight >= 0, "gan.disc_weight", "weights must be >= 0")
+    check(g.start_step >= 0, "gan.start_step", "must be >= 0")
+    check(g.disc_layers >= 1 and g.disc_channels >= 1, "gan.disc_layers", "must be >= 1")
+    check(len(g.disc_betas) == 2 and all(0 <= b < 1 for b in g.disc_betas), "gan.disc_betas",
+          "must be two numbers in [0, 1)")
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -74,31 +74,29 @@ class ImageAutoencoder(nn.Module):
         return rand
 
     def forward(self, images: torch.Tensor, rand: dict, *, kl_weight: float, sn_weight: float,
-                perceptual: nn.Module | None = None, perceptual_weight: float = 1.0
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                perceptual: nn.Module | None = None, perceptual_weight: float = 1.0,
+                adversary=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The stage-1 loss on ``images (B, 3, S, S)`` in [-1, 1] with randomness ``rand``.
 
         L1 summed over the target pixels and channels, averaged over the batch; plus
         ``kl_weight * KL`` (summed over the latent, batch mean); plus ``sn_weight *`` the spectral
-        regulariser; plus ``perceptual_weight * LPIPS`` when a perceptual network is given.
+        regulariser; plus ``perceptual_weight * LPIPS`` when a perceptual network is given; plus
+        ``adversary(fake, real, si) -> (loss, logs)`` on the ``(B, 3, R, R)`` images when given
+        (the generator side of adversarial fine-tuning, :mod:`ddmi.gan`).
         """
-        images = image_domain.apply_flips(images, rand["flip"])
-        enc_in, coords, targets, si = image_domain.training_views(
-            images, self.resolution, zoom=rand["zoom"], offsets=rand["offsets"])
-        posterior = self.vae.encode(enc_in)
-        z = posterior.mean + posterior.std * rand["noise"]
-        planes = self.vae.decode(z)
-        pred = self.mlp(planes, coords, si)                                   # (B, N, 3)
+        pred, targets, si, posterior = self.reconstruct(images, rand)
         l1 = (pred - targets).abs().flatten(1).sum(1).mean()
         kl = posterior.kl().mean()
         loss = l1 + kl_weight * kl
         logs = {"l1": l1.detach(), "kl": kl.detach()}
         if perceptual is not None:
-            r = self.resolution
-            as_img = lambda t: t.transpose(1, 2).reshape(-1, 3, r, r)  # noqa: E731
-            lp = perceptual(as_img(pred), as_img(targets)).mean()
+            lp = perceptual(self.as_images(pred), self.as_images(targets)).mean()
             loss = loss + perceptual_weight * lp
             logs["lpips"] = lp.detach()
+        if adversary is not None:
+            adv, adv_logs = adversary(self.as_images(pred), self.as_images(targets), si)
+            loss = loss + adv
+            logs.update(adv_logs)
         if self.spectral is not None and sn_weight > 0:
             sn = self.spectral(self.vae)
             loss = loss + sn_weight * sn
@@ -108,6 +106,25 @@ class ImageAutoencoder(nn.Module):
             logs["psnr"] = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
         return loss, logs
 
+
+    def reconstruct(self, images: torch.Tensor, rand: dict):
+        """The training view of ``images`` and its reconstruction (randomness ``rand``).
+
+        Returns ``pred, targets`` ``(B, R*R, 3)`` (row-major pixels of the R x R target crop),
+        ``si (B,)`` and the posterior.
+        """
+        images = image_domain.apply_flips(images, rand["flip"])
+        enc_in, coords, targets, si = image_domain.training_views(
+            images, self.resolution, zoom=rand["zoom"], offsets=rand["offsets"])
+        posterior = self.vae.encode(enc_in)
+        z = posterior.mean + posterior.std * rand["noise"]
+        pred = self.mlp(self.vae.decode(z), coords, si)                       # (B, N, 3)
+        return pred, targets, si, posterior
+
+    def as_images(self, points: torch.Tensor) -> torch.Tensor:
+        """``(B, R*R, 3)`` per-pixel values -> ``(B, 3, R, R)``."""
+        r = self.resolution
+        return points.transpose(1, 2).reshape(-1, 3, r, r)
 
     def encoder_views(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Encoder inputs of a batch (stage-2 latent cache): the images and their mirrors."""
@@ -137,6 +154,10 @@ def parameter_counts(cfg: DictConfig, *, include_ldm: bool = True) -> dict[str, 
         ae = build_autoencoder(cfg)
         counts = {name: count_parameters(m) for name, m in ae.components().items()}
         counts["vae_total"] = count_parameters(ae.vae)
+        if cfg.gan.enabled:
+            from .nn.discriminator import PatchDiscriminator
+            counts["discriminator"] = count_parameters(
+                PatchDiscriminator(4, cfg.gan.disc_channels, cfg.gan.disc_layers))
         if include_ldm:
             from .ldm import build_denoiser
             counts["denoiser"] = count_parameters(build_denoiser(cfg, ae.latent_shape))

@@ -147,7 +147,17 @@ class OccupancyVAETask(VAETask):
 
 
 def make_vae_task(cfg: DictConfig, *, log=print) -> VAETask:
-    """The stage-1 task of ``cfg.domain``."""
+    """The stage-1 task of ``cfg.domain`` (adversarial when ``gan.enabled``), initialised from the
+    VAE run ``cfg.init`` when given (weights only; a resumed checkpoint overrides them)."""
     if cfg.domain == "occupancy":
-        return OccupancyVAETask(cfg, log=log)
-    return VAETask(cfg, log=log)
+        task = OccupancyVAETask(cfg, log=log)
+    elif cfg.gan.enabled:
+        from .gan import AdversarialVAETask
+        task = AdversarialVAETask(cfg, log=log)
+    else:
+        task = VAETask(cfg, log=log)
+    if cfg.init is not None:
+        from .gan import load_init_weights
+        name = load_init_weights(task.autoencoder, cfg, Path(cfg.init))
+        log(f"initialised the VAE from {cfg.init} ({name}); fresh optimiser, lr {cfg.train.lr:g}")
+    return task

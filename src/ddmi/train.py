@@ -76,6 +76,11 @@ class Task:
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.module.parameters() if p.requires_grad]
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; a group may set its own ``betas`` / ``weight_decay``
+        (the learning rate schedule applies to every group)."""
+        return [{"params": self.parameters()}]
+
 
 # ------------------------------------------------------------------------------------------
 # deterministic data order
@@ -222,7 +227,7 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
     task.module.to(device)
 
     betas = tuple(tc.betas)
-    optimizer = torch.optim.AdamW(task.parameters(), lr=tc.lr, betas=betas, weight_decay=tc.weight_decay)
+    optimizer = torch.optim.AdamW(task.param_groups(), lr=tc.lr, betas=betas, weight_decay=tc.weight_decay)
     start_step = 0
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None:
