@@ -16,7 +16,7 @@ import sys
 import time
 
 from . import common
-from .common import CASES, Context, Row
+from .common import CASES, Context
 
 MODULES = ("bench_stage1", "bench_decode", "bench_stage2", "bench_metrics", "bench_mesh")
 RESULT_TAG = "@@BENCH-RESULT "

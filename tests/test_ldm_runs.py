@@ -1,7 +1,6 @@
 """Stage 2 end to end on a tiny model: train, resume, sample deterministically, any resolution."""
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file

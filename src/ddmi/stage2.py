@@ -241,6 +241,19 @@ def _check_free(paths: list[Path], overwrite: bool) -> None:
                         "pass --overwrite or choose another --out")
 
 
+def sampling_plan(args, cfg, latent_shape) -> tuple[str, int | None, torch.Tensor]:
+    """``(sampler, steps, noises)`` of ``ddmi sample``: ``--num`` seeded noises, or, with
+    ``--interpolate``, ``--num`` slerps between the noises of seeds ``--seed`` and ``--seed + 1``."""
+    sampler = args.sampler or cfg.ldm.sampler
+    steps = args.steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
+    if args.interpolate:
+        a, b = noise_for(args.seed, 0, latent_shape), noise_for(args.seed + 1, 0, latent_shape)
+        noises = torch.stack([slerp(a, b, float(t)) for t in np.linspace(0, 1, max(2, args.num))])
+    else:
+        noises = torch.stack([noise_for(args.seed, i, latent_shape) for i in range(args.num)])
+    return sampler, steps, noises
+
+
 def sample_command(args, log=print) -> int:
     run_dir = Path(args.run_dir)
     info = ckpt.read_run_info(run_dir)
@@ -253,20 +266,12 @@ def sample_command(args, log=print) -> int:
     if ae.domain == "occupancy":
         from .domains.occupancy import sample_shapes_command
         return sample_shapes_command(args, ae, diffusion, cfg, log=log)
-    sampler = args.sampler or cfg.ldm.sampler
-    steps = args.steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
+    sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     resolutions = args.resolution or [ae.resolution]
     out = Path(args.out)
-    if args.num < 1:
-        raise ConfigError("--num must be >= 1")
     if args.interpolate:
-        a = noise_for(args.seed, 0, ae.latent_shape)
-        b = noise_for(args.seed + 1, 0, ae.latent_shape)
-        ts = np.linspace(0, 1, max(2, args.num))
-        noises = torch.stack([slerp(a, b, float(t)) for t in ts])
         targets = [out / f"interpolation_{r}.png" for r in resolutions]
     else:
-        noises = torch.stack([noise_for(args.seed, i, ae.latent_shape) for i in range(args.num)])
         targets = [out / f"sample_{i:05d}_{r}.png" for i in range(args.num) for r in resolutions]
         targets += [out / f"grid_{r}.png" for r in resolutions]
     _check_free(targets, args.overwrite)

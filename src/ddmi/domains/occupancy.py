@@ -102,21 +102,11 @@ def shape_metrics(generated: torch.Tensor, reference: torch.Tensor, **kw) -> dic
 
 def sample_shapes_command(args, ae, diffusion, cfg, log=print) -> int:
     """``ddmi sample`` for a shapes run: meshes (PLY + OBJ) and PNG previews per sample."""
-    from ..ldm import slerp
-    from ..stage2 import _check_free, generate_latents, noise_for
-    sampler = args.sampler or cfg.ldm.sampler
-    steps = args.steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
+    from ..stage2 import _check_free, generate_latents, sampling_plan
+    sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     resolutions = args.resolution or [128]
-    if args.num < 1:
-        raise ConfigError("--num must be >= 1")
     out = Path(args.out)
-    if args.interpolate:
-        a, b = noise_for(args.seed, 0, ae.latent_shape), noise_for(args.seed + 1, 0, ae.latent_shape)
-        noises = torch.stack([slerp(a, b, float(t)) for t in np.linspace(0, 1, max(2, args.num))])
-        prefix = "interpolation"
-    else:
-        noises = torch.stack([noise_for(args.seed, i, ae.latent_shape) for i in range(args.num)])
-        prefix = "sample"
+    prefix = "interpolation" if args.interpolate else "sample"
     stems = {r: [f"{prefix}_{i:05d}_{r}" for i in range(len(noises))] for r in resolutions}
     targets = [out / f"{s}.{ext}" for r in resolutions for s in stems[r] for ext in ("ply", "obj", "png")]
     targets += [out / f"grid_{r}.png" for r in resolutions]

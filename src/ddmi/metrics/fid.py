@@ -22,7 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ddmi.errors import DataError
-from ddmi.metrics.frechet import feature_stats, frechet_distance, frechet_distance_of_features, kid
+from ddmi.metrics.frechet import frechet_distance_of_features, kid
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddmi.errors import CheckpointError, DataError, MissingDependencyError
-from ddmi.metrics.frechet import feature_stats, frechet_distance, frechet_distance_of_features
+from ddmi.metrics.frechet import frechet_distance_of_features
 
 __all__ = [
     "InceptionI3d",
