@@ -109,3 +109,19 @@ def test_each_phase_sends_gradients_to_its_own_network_only(tiny_overrides):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in owner.parameters()), name
         for p in (*ae.parameters(), *disc.parameters()):
             p.grad = None
+
+
+def test_training_with_local_lpips_weights(tmp_path, tiny_overrides, capsys):
+    """The perceptual term runs from a local file (here a randomly initialised LPIPS, saved)."""
+    from ddmi.losses import LPIPS
+    torch.manual_seed(0)
+    weights = tmp_path / "lpips.safetensors"
+    LPIPS().save_combined(weights)
+    run = tmp_path / "run"
+    assert main(["train", "vae", "image-tiny", *tiny_overrides, f"run_dir={run}", "train.steps=2",
+                 f"loss.lpips_weights={weights}", "--no-progress"]) == 0
+    assert "LPIPS on" in capsys.readouterr().err
+    assert '"lpips"' in (run / "logs" / "metrics.jsonl").read_text()
+    rc = main(["train", "vae", "image-tiny", *tiny_overrides, f"run_dir={tmp_path / 'r2'}", "train.steps=1",
+               f"loss.lpips_weights={tmp_path / 'missing.pt'}", "--no-progress"])
+    assert rc == 2 and "missing.pt" in capsys.readouterr().err

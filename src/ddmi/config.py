@@ -71,7 +71,8 @@ class VAELossConfig:
     sn_weight: float = 0.1
     sn_power_iters: int = 4
     multiscale: bool = True            # train on 1x / 1.5x / 2x crops with scale injection
-    lpips_weights: Optional[str] = None  # local LPIPS weights file; none -> no perceptual loss
+    lpips_weights: Optional[str] = None  # local LPIPS weights (combined file, or the heads file
+    lpips_backbone: Optional[str] = None  # with a torchvision VGG16 file here); none -> no LPIPS
     lpips_weight: float = 1.0
 
 

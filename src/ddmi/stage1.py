@@ -53,14 +53,13 @@ class _Forward(nn.Module):
 
 
 def load_perceptual(cfg: DictConfig, log=print) -> nn.Module | None:
-    if cfg.loss.lpips_weights is None:
+    """The LPIPS network from local files (``loss.lpips_weights`` [+ ``loss.lpips_backbone``]), or
+    ``None`` with one line saying how to enable it."""
+    from .losses.lpips import load_lpips
+    if cfg.loss.lpips_weights is None and cfg.loss.lpips_backbone is None:
         log("LPIPS perceptual loss off (set loss.lpips_weights=PATH to a local LPIPS weights file to enable)")
         return None
-    try:
-        from .losses.lpips import LPIPS
-    except ImportError:
-        raise ConfigError("loss.lpips_weights is set but this ddmi build has no LPIPS module") from None
-    return LPIPS.from_file(cfg.loss.lpips_weights)
+    return load_lpips(cfg.loss.lpips_weights, backbone=cfg.loss.lpips_backbone, log=log)
 
 
 class VAETask(Task):

@@ -295,7 +295,7 @@ def load_lpips(weights: str | Path | None, *, backbone: str | Path | None = None
             raise MissingDependencyError(
                 "an LPIPS backbone file was given but no heads/weights file (lpips_weights)")
         log("LPIPS off (no weights file; set loss.lpips_weights=PATH to a local LPIPS VGG16 file, "
-            "see docs/lpips.md)")
+            "see docs/gan.md)")
         return None
     if backbone is None:
         model = LPIPS.from_file(weights)
