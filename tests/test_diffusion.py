@@ -155,7 +155,31 @@ def test_latent_scale_normalise_and_state():
     assert "latent_scale" in sd and "mixing_logit" in sd and "alphas_cumprod" not in sd
     other = LatentDiffusion(ZeroNet(), latent_channels=2)
     other.load_state_dict(sd)
-    assert other.latent_scale.item() == 0.25
+    assert other.latent_scale.tolist() == [0.25, 0.25]
+
+
+def test_per_channel_standardisation_round_trips():
+    scale, shift = torch.tensor([0.5, 2.0]), torch.tensor([1.0, -3.0])
+    model = LatentDiffusion(ZeroNet(), latent_channels=2, latent_scale=scale, latent_shift=shift)
+    z = torch.randn(4, 2, 3, 3)
+    x = model.normalize(z)
+    assert torch.allclose(x[:, 1], (z[:, 1] + 3.0) * 2.0)
+    assert torch.allclose(model.denormalize(x), z, atol=1e-6)
+
+
+def test_measured_latent_stats_standardise_each_channel():
+    from ddmi.stage2 import measure_latent_stats
+
+    class Cache:  # (N, views, [mean, std], C, h, w): channel 1 is 10x wider and shifted
+        stats = torch.zeros(500, 1, 2, 2, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    Cache.stats[:, 0, 0, 0] = torch.randn(500, 4, 4, generator=g)
+    Cache.stats[:, 0, 0, 1] = 5.0 + 10.0 * torch.randn(500, 4, 4, generator=g)
+    shift, scale = measure_latent_stats(Cache, torch.Generator().manual_seed(1), "auto")
+    assert torch.allclose(shift, torch.tensor([0.0, 5.0]), atol=0.3)
+    assert torch.allclose(scale, torch.tensor([1.0, 0.1]), rtol=0.05)
+    shift, scale = measure_latent_stats(Cache, torch.Generator().manual_seed(1), "auto-global")
+    assert shift.tolist() == [0.0, 0.0] and scale[0] == scale[1]
 
 
 def test_sample_returns_denormalised_latent():

@@ -37,10 +37,13 @@ def read(path):
 def test_sampling_is_deterministic_and_refuses_to_overwrite(tmp_path, ldm_run, capsys):
     args = ["sample", str(ldm_run), "--num", "3", "--steps", "3", "--seed", "5"]
     assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--out", str(tmp_path / "a2")]) == 0
     assert main(args + ["--out", str(tmp_path / "b"), "--batch-size", "2"]) == 0
     for i in range(3):
-        assert np.array_equal(read(tmp_path / "a" / f"sample_{i:05d}_16.png"),
-                              read(tmp_path / "b" / f"sample_{i:05d}_16.png"))
+        name = f"sample_{i:05d}_16.png"
+        assert np.array_equal(read(tmp_path / "a" / name), read(tmp_path / "a2" / name))
+        # another batch size changes only the float summation order: at most one grey level
+        assert np.abs(read(tmp_path / "a" / name) - read(tmp_path / "b" / name)).max() <= 1
     assert (tmp_path / "a" / "grid_16.png").is_file()
     assert main(args + ["--out", str(tmp_path / "a")]) == 2
     assert "--overwrite" in capsys.readouterr().err

@@ -126,7 +126,9 @@ class LDMConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     mixed_prediction: bool = True
     mixed_init: float = -6.0
-    latent_scale: str = "auto"         # "auto" (1/std of the training latents) or a number
+    latent_scale: str = "auto"         # "auto": standardise each latent channel (mean, std of the
+                                       # training latents); "auto-global": one 1/std; or a number
+                                       # (a fixed factor; 1 = the official raw latents)
     ema_decay: float = 0.9999
     ema_every: int = 10
     ema_after: int = 100
@@ -298,12 +300,12 @@ def validate(cfg: DictConfig) -> None:
     check(cfg.ldm.sampler in SAMPLER_NAMES, "ldm.sampler",
           f"'{cfg.ldm.sampler}' is not one of {', '.join(SAMPLER_NAMES)}")
     check(cfg.ldm.sample_steps > 0, "ldm.sample_steps", "must be > 0")
-    if cfg.ldm.latent_scale != "auto":
+    if cfg.ldm.latent_scale not in ("auto", "auto-global"):
         try:
             ok = float(cfg.ldm.latent_scale) > 0
         except ValueError:
             ok = False
-        check(ok, "ldm.latent_scale", "must be 'auto' or a positive number")
+        check(ok, "ldm.latent_scale", "must be 'auto', 'auto-global' or a positive number")
     check(0 < cfg.ldm.ema_decay < 1, "ldm.ema_decay", "must be in (0, 1)")
     g = cfg.gan
     check(not g.enabled or cfg.domain in GAN_DOMAINS, "gan.enabled",

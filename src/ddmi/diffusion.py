@@ -100,10 +100,12 @@ class LatentDiffusion(nn.Module):
         num_steps, beta_start, beta_end: the sqrt-linear schedule (T = num_steps).
         mixed_prediction: use the LSGM mixing (official default: True).
         mixed_init: initial value of the mixing logits (official: -6, sigmoid = 0.00247).
-        latent_scale: the model works on ``z * latent_scale`` (official: 1, i.e. no scaling).
+        latent_scale, latent_shift: the model works on ``(z - latent_shift) * latent_scale``, per
+            channel (scalars or (C,) tensors; official: 1 and 0, i.e. raw latents).
 
     Buffers: ``betas``/``alphas_cumprod`` (float32, not saved: they follow from the config),
-    ``latent_scale`` (saved). Parameter ``mixing_logit`` (C,) when ``mixed_prediction``.
+    ``latent_scale``/``latent_shift`` (C,) (saved). Parameter ``mixing_logit`` (C,) when
+    ``mixed_prediction``.
     """
 
     def __init__(
@@ -116,11 +118,14 @@ class LatentDiffusion(nn.Module):
         beta_end: float = 0.0195,
         mixed_prediction: bool = True,
         mixed_init: float = -6.0,
-        latent_scale: float = 1.0,
+        latent_scale: float | torch.Tensor = 1.0,
+        latent_shift: float | torch.Tensor = 0.0,
     ):
         super().__init__()
         assert latent_channels >= 1, f"latent_channels must be >= 1, got {latent_channels}"
-        assert latent_scale > 0, f"latent_scale must be positive, got {latent_scale}"
+        scale = torch.as_tensor(latent_scale, dtype=torch.float32).expand(latent_channels).clone()
+        shift = torch.as_tensor(latent_shift, dtype=torch.float32).expand(latent_channels).clone()
+        assert bool((scale > 0).all()), f"latent_scale must be positive, got {latent_scale}"
         self.net = net
         self.latent_channels = latent_channels
         self.num_steps = num_steps
@@ -128,7 +133,8 @@ class LatentDiffusion(nn.Module):
         betas = linear_sqrt_betas(num_steps, beta_start, beta_end)
         self.register_buffer("betas", betas.float(), persistent=False)
         self.register_buffer("alphas_cumprod", alphas_cumprod(betas).float(), persistent=False)
-        self.register_buffer("latent_scale", torch.tensor(float(latent_scale)))
+        self.register_buffer("latent_scale", scale)
+        self.register_buffer("latent_shift", shift)
         if mixed_prediction:
             self.mixing_logit = nn.Parameter(torch.full((latent_channels,), float(mixed_init)))
         else:
@@ -136,12 +142,14 @@ class LatentDiffusion(nn.Module):
 
     # -- latent scaling --------------------------------------------------------------------
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        """VAE latent -> diffusion space: ``z * latent_scale``."""
-        return z * self.latent_scale.to(z.dtype)
+        """VAE latent -> diffusion space: ``(z - latent_shift) * latent_scale`` per channel."""
+        shift = _channel_view(self.latent_shift, z.ndim).to(z.dtype)
+        return (z - shift) * _channel_view(self.latent_scale, z.ndim).to(z.dtype)
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Diffusion space -> VAE latent: ``x / latent_scale``."""
-        return x / self.latent_scale.to(x.dtype)
+        """Diffusion space -> VAE latent: ``x / latent_scale + latent_shift`` per channel."""
+        shift = _channel_view(self.latent_shift, x.ndim).to(x.dtype)
+        return x / _channel_view(self.latent_scale, x.ndim).to(x.dtype) + shift
 
     # -- forward process and prediction ----------------------------------------------------
     def _check(self, x: torch.Tensor) -> None:

@@ -23,10 +23,13 @@ def build_denoiser(cfg: DictConfig, latent_shape: tuple[int, ...]) -> UNet:
                 norm_groups=min(32, u.model_channels))
 
 
-def build_diffusion(cfg: DictConfig, latent_shape: tuple[int, ...], latent_scale: float = 1.0) -> LatentDiffusion:
+def build_diffusion(cfg: DictConfig, latent_shape: tuple[int, ...], latent_scale=1.0,
+                    latent_shift=0.0) -> LatentDiffusion:
+    """The diffusion model of ``cfg``; ``latent_scale``/``latent_shift``: scalars or (C,) tensors
+    (measured from the training latents, see :func:`ddmi.stage2.measure_latent_stats`)."""
     return LatentDiffusion(build_denoiser(cfg, latent_shape), latent_channels=latent_shape[0],
                            mixed_prediction=cfg.ldm.mixed_prediction, mixed_init=cfg.ldm.mixed_init,
-                           latent_scale=latent_scale)
+                           latent_scale=latent_scale, latent_shift=latent_shift)
 
 
 def load_diffusion(run_dir: Path, latent_shape: tuple[int, ...], *, ema: bool = True,

@@ -84,11 +84,22 @@ class LatentCache(Dataset):
         return self.stats[i]
 
 
-def measure_latent_scale(cache: LatentCache, generator: torch.Generator) -> float:
-    """``1 / std`` of posterior samples of the (unflipped) training latents."""
+def measure_latent_stats(cache: LatentCache, generator: torch.Generator, mode: str
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(shift, scale)`` (C,) that standardise posterior samples of the training latents (first
+    view of each item): ``mode="auto"`` per channel (mean, 1/std), ``"auto-global"`` one factor
+    for all channels (no shift, 1/std: the Stable-Diffusion-style scale factor)."""
     s = cache.stats[:, 0]
-    z = s[:, 0] + s[:, 1] * torch.randn(s[:, 0].shape, generator=generator)
-    return float(1.0 / z.std().clamp_min(1e-8))
+    z = s[:, 0] + s[:, 1] * torch.randn(s[:, 0].shape, generator=generator)     # (N, C, ...)
+    c = z.shape[1]
+    if mode == "auto-global":
+        return torch.zeros(c), torch.full((c,), float(1.0 / z.std().clamp_min(1e-8)))
+    per_channel = z.transpose(0, 1).reshape(c, -1)
+    return per_channel.mean(1), 1.0 / per_channel.std(1).clamp_min(1e-8)
+
+
+def _fmt(v: torch.Tensor) -> str:
+    return "[" + ", ".join(f"{float(x):.3g}" for x in v[:8]) + (", ...]" if len(v) > 8 else "]")
 
 
 class _LDMForward(nn.Module):
@@ -130,13 +141,16 @@ class LDMTask(Task):
         self.dataset = LatentCache(self.ae, encoder_dataset(cfg), log=log if main else (lambda m: None))
         self.num_workers = 0
         self.latent_shape = self.ae.latent_shape
-        scale = cfg.ldm.latent_scale
-        scale = measure_latent_scale(self.dataset, torch.Generator().manual_seed(cfg.seed)) \
-            if scale == "auto" else float(scale)
+        mode = str(cfg.ldm.latent_scale)
+        if mode.startswith("auto"):
+            shift, scale = measure_latent_stats(self.dataset, torch.Generator().manual_seed(cfg.seed), mode)
+        else:
+            shift, scale = 0.0, float(mode)
         torch.manual_seed(cfg.seed)
-        self.diffusion = build_diffusion(cfg, self.latent_shape, latent_scale=scale)
+        self.diffusion = build_diffusion(cfg, self.latent_shape, latent_scale=scale, latent_shift=shift)
         if main:
-            log(f"latent scale {scale:.4g} ({'measured' if cfg.ldm.latent_scale == 'auto' else 'fixed'})")
+            log(f"latent standardisation ({mode}): scale {_fmt(self.diffusion.latent_scale)}, "
+                f"shift {_fmt(self.diffusion.latent_shift)}")
         self.module = _LDMForward(self.diffusion)
         self.ema = EMA(self.diffusion, beta=cfg.ldm.ema_decay, update_every=cfg.ldm.ema_every,
                        update_after_step=cfg.ldm.ema_after)
