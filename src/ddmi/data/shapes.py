@@ -85,6 +85,8 @@ def read_points_npz(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     d = _load_npz(path, ("points", "occupancies"))
     points = _check_xyz(path, "points", d["points"])
     occ, n = d["occupancies"].reshape(-1), len(points)
+    if not (occ.dtype == bool or np.issubdtype(occ.dtype, np.number)):
+        raise DataError(f"{path}: 'occupancies' must be numbers or booleans, got {occ.dtype}")
     if occ.dtype == np.uint8 and len(occ) == (n + 7) // 8 and n > 1:
         occ = np.unpackbits(occ)[:n].astype(bool)
     elif len(occ) == n:
