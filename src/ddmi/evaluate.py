@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .domains.image import resize
@@ -115,16 +116,16 @@ def evaluate_run(run_dir: Path, *, metrics, num: int | None, resolution: int | N
         diffusion = load_diffusion(run_dir, ae.latent_shape, ema=True)
         out = eval_dir / f"samples-{sampler}{steps or ''}-{res}"
         noises = torch.stack([noise_for(seed, i, ae.latent_shape) for i in range(num_gen)])
-        batches = []
+        feats = []   # features per batch: the images themselves are not kept (10k at 256^2 = 2 GB)
         with torch.inference_mode():
             z = generate_latents(diffusion, ae.latent_shape, noises, sampler=sampler, steps=steps,
                                  batch_size=batch_size)
-            for i in range(0, num_gen, batch_size):
+            for i in tqdm(range(0, num_gen, batch_size), desc="rendering + features", disable=None):
                 imgs = to_uint8(ae.render(z[i:i + batch_size], res))
                 for j, img in enumerate(imgs):
                     save_image(img.permute(1, 2, 0).numpy(), out / f"{i + j:05d}.png")
-                batches.append(imgs)
-        gen = features_from_batches(batches, extractor)
+                feats.append(features_from_batches([imgs], extractor))
+        gen = np.concatenate(feats)
         ref_dir = ref or cfg.data.dir
         ref_feats = _reference_features(cfg, ref_dir, res, None, seed, extractor, eval_dir, log)
         if "fid" in metrics:
@@ -137,24 +138,25 @@ def evaluate_run(run_dir: Path, *, metrics, num: int | None, resolution: int | N
     if {"rfid", "psnr", "ssim"} & set(metrics):
         folder = ref or cfg.data.test_dir or cfg.data.dir
         ds = ImageFolderDataset(folder, resolution=res, skip_bad=cfg.data.skip_bad)
-        recs, reals, psnrs, ssims = [], [], [], []
+        rec_feats, real_feats, psnrs, ssims = [], [], [], []
+        batches = _images_uint8(ds, num=num, resolution=res, seed=seed, batch_size=batch_size)
         with torch.inference_mode():
-            for real, _ in _images_uint8(ds, num=num, resolution=res, seed=seed, batch_size=batch_size):
+            for real, _ in tqdm(batches, desc="reconstructing", disable=None):
                 x = real.float() / 127.5 - 1.0
                 rec = to_uint8(ae.render(ae.encode(x).mode(), res))
                 recf = rec.float() / 127.5 - 1.0
                 psnrs.append(psnr(recf, x))
                 ssims.append(ssim(recf, x))
-                recs.append(rec)
-                reals.append(real)
+                if extractor is not None:
+                    rec_feats.append(features_from_batches([rec], extractor))
+                    real_feats.append(features_from_batches([real], extractor))
         if "psnr" in metrics:
             results["psnr"] = float(torch.cat(psnrs).mean())
         if "ssim" in metrics:
             results["ssim"] = float(torch.cat(ssims).mean())
         if "rfid" in metrics:
-            results["rfid"] = fid_from_features(features_from_batches(recs, extractor),
-                                                features_from_batches(reals, extractor))
-        results.update(num_recon=sum(len(r) for r in recs), recon_folder=str(folder))
+            results["rfid"] = fid_from_features(np.concatenate(rec_feats), np.concatenate(real_feats))
+        results.update(num_recon=sum(len(p) for p in psnrs), recon_folder=str(folder))
     return results
 
 
