@@ -150,4 +150,7 @@ def make_vae_task(cfg: DictConfig, *, log=print) -> VAETask:
     """The stage-1 task of ``cfg.domain``."""
     if cfg.domain == "occupancy":
         return OccupancyVAETask(cfg, log=log)
+    if cfg.domain == "nerf":
+        from .domains.nerf import make_nerf_vae_task
+        return make_nerf_vae_task(cfg, log=log)
     return VAETask(cfg, log=log)
