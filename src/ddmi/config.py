@@ -110,7 +110,7 @@ class NeRFConfig:
     num_importance: int = 0            # extra importance samples per ray (same field)
     perturb: bool = True               # jitter the stratified samples in training
     white_background: bool = True
-    render_chunk: int = 4096           # rays per chunk when rendering
+    render_chunk: int = 1024           # rays per chunk when rendering (x samples = field points)
     rgb_weight: float = 20.0           # loss: rgb_weight * sum over rays of |rgb - gt|
     mlp_depth: int = 6                 # field: layers of width mlp.hidden
     skips: list[int] = field(default_factory=lambda: [2, 4])

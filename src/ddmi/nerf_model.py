@@ -70,16 +70,32 @@ class NeRFMLP(nn.Module):
         Returns ``(B, N, 4)``: density (0 outside ``|u| <= 1``) and rgb in [0, 1]."""
         u, d = coords[..., :3], coords[..., 3:6]
         grid = triplane_grid(u)
-        feats = [sample_triplane(p, grid=grid, reduce="concat") for p in planes]
-        x = torch.cat(feats + [positional_encoding(u, self.multires)], dim=-1)
-        h = x
+        # the input x = [features, PE(u)] is kept in pieces: a layer on a concatenation is the sum
+        # of its weight blocks applied to the pieces (no concatenated copies: memory-bound on CPU)
+        x = [sample_triplane(p, grid=grid, reduce="concat") for p in planes] + [positional_encoding(u, self.multires)]
+        h = _linear(self.layers[0], x)
         for i, layer in enumerate(self.layers):
-            h = F.relu(layer(torch.cat([h, x], dim=-1) if i in self.skips else h))
+            if i:
+                h = _linear(layer, [h] + x) if i in self.skips else layer(h)
+            h = F.relu(h, inplace=True)
         sigma = F.softplus(self.sigma(h))[..., 0]
         sigma = sigma * (u.abs().amax(-1) <= 1.0)
-        hc = F.relu(self.rgb_hidden(torch.cat([self.feature(h), positional_encoding(d, self.multires_views)], -1)))
+        hc = F.relu(_linear(self.rgb_hidden, [self.feature(h), positional_encoding(d, self.multires_views)]),
+                    inplace=True)
         rgb = torch.sigmoid(self.rgb(hc))
         return torch.cat([sigma[..., None], rgb], dim=-1)
+
+
+def _linear(layer: nn.Linear, pieces: list[torch.Tensor]) -> torch.Tensor:
+    """``layer(torch.cat(pieces, -1))`` without materialising the concatenation."""
+    out, start = None, 0
+    for x in pieces:
+        k = x.shape[-1]
+        y = F.linear(x, layer.weight[:, start:start + k], layer.bias if out is None else None)
+        out = y if out is None else out.add_(y)
+        start += k
+    assert start == layer.in_features, (start, layer.in_features)
+    return out
 
 
 class NeRFAutoencoder(nn.Module):
