@@ -1,9 +1,11 @@
 """NeRF model: paper parameter counts, a non-linear field, one frame, batches of several objects."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from ddmi.config import load_config
+from ddmi.errors import ConfigError
 from ddmi.models import build_autoencoder, parameter_counts
 from ddmi.nerf_model import NeRFMLP, positional_encoding
 from ddmi.triplane import cell_index
@@ -106,3 +108,12 @@ def test_field_query_is_chunk_invariant():
         b = ae.decode(z).query(coords)
     assert a.shape == (2, 100, 4) and torch.allclose(a, b, atol=1e-6)
     assert (a[..., 0] >= 0).all() and ((a[..., 1:] >= 0) & (a[..., 1:] <= 1)).all()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("nerf.near=7", "nerf.near"), ("nerf.skips=[9]", "nerf.skips"), ("nerf.num_rays=0", "nerf.num_rays"),
+    ("nerf.half_extent=0", "nerf.half_extent"), ("nerf.num_samples=1", "nerf.num_samples"),
+])
+def test_bad_nerf_values_are_rejected_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("nerf-tiny", [override])
