@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from ..errors import ConfigError, DataError, DDMIError
 from ..render.volume import SRN_FOV, focal_from_fov, render_views, turntable_poses
+from ..stage1 import VAETask, _Forward
 
 
 def render_latents(ae, z: torch.Tensor, poses: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -79,45 +80,44 @@ def nerf_dataset(cfg: DictConfig, split: str = "train", *, num_rays: int | None 
 # stage-1 task
 
 
-def make_nerf_vae_task(cfg: DictConfig, *, log=print):
-    from ..models import build_autoencoder
-    from ..stage1 import VAETask, _Forward
+class NeRFVAETask(VAETask):
+    """Stage 1 of the NeRF domain: srn-cars objects (``data.dir``), L1 over rays + KL + SN."""
 
-    class NeRFVAETask(VAETask):
-        """Stage 1 of the NeRF domain: srn-cars objects (``data.dir``), 20 L1 + KL + SN."""
+    def __init__(self, cfg: DictConfig, *, log=print):
+        from ..models import build_autoencoder
+        if cfg.data.dir is None:
+            raise ConfigError("no training data: set data.dir=FOLDER (srn-cars layout; see `ddmi synth nerf`)")
+        self.cfg = cfg
+        self.dataset = nerf_dataset(cfg, "train")
+        self.num_workers = cfg.data.num_workers
+        self.autoencoder = build_autoencoder(cfg)
+        self.module = _Forward(self.autoencoder, None, 1.0)
+        try:   # held-out objects for the reconstruction previews, if there are any
+            self.preview_set = nerf_dataset(cfg, "val", num_rays=0, root=cfg.data.test_dir)
+        except DataError:
+            self.preview_set = nerf_dataset(cfg, "train", num_rays=0)
 
-        def __init__(self, cfg: DictConfig):
-            if cfg.data.dir is None:
-                raise ConfigError("no training data: set data.dir=FOLDER (srn-cars layout; see `ddmi synth nerf`)")
-            self.cfg = cfg
-            self.dataset = nerf_dataset(cfg, "train")
-            self.num_workers = cfg.data.num_workers
-            self.autoencoder = build_autoencoder(cfg)
-            self.module = _Forward(self.autoencoder, None, 1.0)
-            try:   # held-out objects for the reconstruction previews, if there are any
-                self.preview_set = nerf_dataset(cfg, "val", num_rays=0, root=cfg.data.test_dir)
-            except DataError:
-                self.preview_set = nerf_dataset(cfg, "train", num_rays=0)
+    def write_samples(self, step: int, folder: Path) -> list[Path]:
+        """One row per held-out object (up to 4): 3 ground-truth views, then their renderings."""
+        from ..render.mesh import write_png
+        ae = self.autoencoder
+        device = next(ae.parameters()).device
+        rows = []
+        for i in range(min(4, len(self.preview_set))):
+            s = self.preview_set.scene(i)
+            views = np.linspace(0, len(s["poses"]) - 1, 3).round().astype(int)
+            res = min(64, s["images"].shape[1])
+            points = self.preview_set[i][None, :ae.num_points, :6].to(device)
+            pred = render_latents(ae, ae.encode(points).mode(), torch.from_numpy(s["poses"][views]), res)[0]
+            gt = torch.nn.functional.interpolate(torch.from_numpy(s["images"][views].astype(np.float32))
+                                                 .permute(0, 3, 1, 2), size=(res, res), mode="area")
+            rows.append(np.concatenate([to_uint8(gt), to_uint8(pred)]))
+        path = folder / f"recon-step{step:07d}.png"
+        return [write_png(path, sheet(rows))]
 
-        def write_samples(self, step: int, folder: Path) -> list[Path]:
-            """Ground truth and rendering of 3 views of up to 4 held-out objects."""
-            from ..render.mesh import write_png
-            ae = self.autoencoder
-            device = next(ae.parameters()).device
-            rows = []
-            for i in range(min(4, len(self.preview_set))):
-                s = self.preview_set.scene(i)
-                views = np.linspace(0, len(s["poses"]) - 1, 3).round().astype(int)
-                res = min(64, s["images"].shape[1])
-                points = self.preview_set[i][None, :ae.num_points, :6].to(device)
-                pred = render_latents(ae, ae.encode(points).mode(), torch.from_numpy(s["poses"][views]), res)[0]
-                gt = torch.nn.functional.interpolate(torch.from_numpy(s["images"][views].astype(np.float32))
-                                                     .permute(0, 3, 1, 2), size=(res, res), mode="area")
-                rows.append(np.concatenate([to_uint8(gt), to_uint8(pred)]))
-            path = folder / f"recon-step{step:07d}.png"
-            return [write_png(path, sheet(rows))]
 
-    return NeRFVAETask(cfg)
+def make_nerf_vae_task(cfg: DictConfig, *, log=print) -> NeRFVAETask:
+    return NeRFVAETask(cfg, log=log)
 
 
 def ldm_sample_sheet(ae, z: torch.Tensor, path: Path) -> Path:

@@ -48,7 +48,7 @@ class LocalPoolPointNet(nn.Module):
     The first three channels are the normalised coordinates (they choose the cells); any further
     channels (``dim > 3``, e.g. the colours of the NeRF domain's coloured points) are features.
 
-    ``fc_pos`` (3 -> 2h), ``blocks`` ResnetBlockFC(2h -> h); before every block but the first,
+    ``fc_pos`` (dim -> 2h), ``blocks`` ResnetBlockFC(2h -> h); before every block but the first,
     each point's features are concatenated with the sum over the three planes of the max of the
     features of the points in its cell. ``fc_c`` (h -> C) and a per-cell mean give the planes.
     """
