@@ -121,9 +121,9 @@ def make_nerf_vae_task(cfg: DictConfig, *, log=print) -> NeRFVAETask:
 
 
 def ldm_sample_sheet(ae, z: torch.Tensor, path: Path) -> Path:
-    """Stage-2 periodic samples: 4 turntable views of up to 8 samples, 48 px."""
+    """Stage-2 periodic samples: 4 turntable views of up to 8 samples, 32 px."""
     from ..render.mesh import write_png
-    imgs = render_latents(ae, z[:8], turntable(ae, 4), 48)
+    imgs = render_latents(ae, z[:8], turntable(ae, 4), 32)
     return write_png(path, sheet([to_uint8(v) for v in imgs]))
 
 
