@@ -88,7 +88,14 @@ def overfit_one_scene(tmp_path, *, steps: int, resolution: int = 32, overrides=(
 
 
 def test_overfit_one_scene_reaches_psnr_on_held_out_views(tmp_path):
-    """STEPS steps (~20 s here) on one car, 32 x 32 views: PSNR on 4 held-out views >= FLOOR dB
-    (measured MEASURED dB; a blank white image scores WHITE dB)."""
+    """120 steps (~17 s here) on one car, 32 x 32 views: PSNR on 4 held-out views >= 18 dB
+    (measured 20.0 dB; a blank white image scores 10.7 dB). The 600-step version is marked slow."""
     got, white = overfit_one_scene(tmp_path, steps=120)
     assert got >= 18.0 and got >= white + 6.0, (got, white)
+
+
+@pytest.mark.slow
+def test_overfit_one_scene_longer(tmp_path):
+    """600 steps (~2 min here): PSNR on the 4 held-out views >= SLOW_FLOOR dB (measured SLOW_MEASURED dB)."""
+    got, white = overfit_one_scene(tmp_path, steps=600, overrides=["train.lr=2e-3"])
+    assert got >= 22.0, (got, white)
