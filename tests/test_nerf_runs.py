@@ -96,6 +96,7 @@ def test_overfit_one_scene_reaches_psnr_on_held_out_views(tmp_path):
 
 @pytest.mark.slow
 def test_overfit_one_scene_longer(tmp_path):
-    """600 steps (~2 min here): PSNR on the 4 held-out views >= SLOW_FLOOR dB (measured SLOW_MEASURED dB)."""
+    """600 steps (~2 min here): PSNR on the 4 held-out views >= 21 dB (not yet measured: the
+    floor is 1 dB above the 120-step figure)."""
     got, white = overfit_one_scene(tmp_path, steps=600, overrides=["train.lr=2e-3"])
-    assert got >= 22.0, (got, white)
+    assert got >= 21.0, (got, white)
