@@ -116,8 +116,14 @@ def cmd_synth(args) -> int:
         paths = synthetic.synth_images(args.out_dir, num=args.num, resolution=args.resolution,
                                        seed=args.seed, overwrite=args.overwrite, split_test=args.test)
     elif args.kind == "shapes":
+        points = 30_000 if args.points is None else args.points
         paths = synthetic.synth_shapes(args.out_dir, num=args.num, seed=args.seed, overwrite=args.overwrite,
-                                       split_test=args.test, num_points=args.points, num_surface=args.points)
+                                       split_test=args.test, num_points=points, num_surface=points)
+    elif args.kind == "nerf":
+        from .data.synthetic_nerf import synth_nerf
+        paths = synth_nerf(args.out_dir, num=args.num, seed=args.seed, overwrite=args.overwrite,
+                           split_test=args.test, resolution=args.resolution, views=args.views,
+                           num_points=2048 if args.points is None else args.points)
     else:  # pragma: no cover - argparse restricts the choices
         raise ConfigError(f"unknown synth kind {args.kind}")
     _log(f"wrote {len(paths)} {args.kind} files under {args.out_dir}")
@@ -170,12 +176,15 @@ def cmd_reconstruct(args) -> int:
     from .api import load_autoencoder
     from .data.images import load_image, save_grid, save_image
     from .domains.image import resize
-    _check_options(args, "resolution")
+    _check_options(args, "resolution", "views")
     _torch_threads()
     ae = load_autoencoder(args.run_dir)
     if ae.domain == "occupancy":
         from .domains.occupancy import reconstruct_shapes_command
         return reconstruct_shapes_command(ae, args, log=_log)
+    if ae.domain == "nerf":
+        from .domains.nerf import reconstruct_nerf_command
+        return reconstruct_nerf_command(ae, args, log=_log)
     if ae.domain != "image":
         raise ConfigError(f"reconstruct for the {ae.domain} domain is not available yet")
     out = Path(args.out)
@@ -234,15 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("synth", help="write a synthetic dataset")
-    s.add_argument("kind", choices=["image", "shapes"])
+    s.add_argument("kind", choices=["image", "shapes", "nerf"])
     s.add_argument("out_dir")
     s.add_argument("--num", type=int, default=1000)
     s.add_argument("--resolution", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--test", type=int, default=0, help="also write this many test items")
-    s.add_argument("--points", type=int, default=30_000,
-                   help="shapes: query points and surface points per shape (ONet's files hold 100k; "
-                   "training draws 2048 + 3000 per step)")
+    s.add_argument("--points", type=int, default=None,
+                   help="shapes: query points and surface points per shape (default 30k; ONet's files hold "
+                   "100k; training draws 2048 + 3000 per step); nerf: coloured points per object (default 2048)")
+    s.add_argument("--views", type=int, default=50, help="nerf: posed views per object (rendered at --resolution)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_synth)
 
@@ -253,12 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("reconstruct", help="encode images (or point clouds, for a shapes run) and "
-                       "render them at any resolution (meshes: grid resolution)")
+    s = sub.add_parser("reconstruct", help="encode images (point clouds for shapes, srn-cars .npz objects "
+                       "for NeRF) and render them at any resolution (meshes: grid resolution)")
     s.add_argument("run_dir")
     s.add_argument("inputs", nargs="+")
     s.add_argument("--out", required=True)
     s.add_argument("--resolution", type=int, default=None)
+    s.add_argument("--views", type=int, default=8,
+                   help="nerf: how many of each object's views to render (evenly spaced), with PSNR")
     s.add_argument("--normalize", action="store_true",
                    help="shapes: centre each point cloud and scale its longest side to 1 first")
     s.add_argument("--overwrite", action="store_true")

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
 
-DOMAINS = ("image", "occupancy")
+DOMAINS = ("image", "occupancy", "nerf")
 GAN_DOMAINS = ("image",)
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp2m")
 
@@ -89,6 +89,41 @@ class ShapesConfig:
     pointnet_hidden: int = 256
     pointnet_blocks: int = 7
     pointnet_channels: int = 32        # channels of the PointNet planes (the VAE input)
+
+
+@dataclass
+class NeRFConfig:
+    """The NeRF (radiance field) domain: srn-cars data, coloured PointNet, field, rendering
+    (spec 3.3, 6). Depths ``near``/``far`` are along the camera axis (rays are not normalised)."""
+
+    category: str = "cars"             # ROOT/<category>/sampled/*.npz
+    val_fraction: float = 0.1          # held-out objects when there are no train.lst / val.lst
+    num_points: int = 2048             # encoder input: coloured points per object
+    point_noise: float = 0.0
+    points_scale: float = 1.0          # multiplies the clouds' xyz to reach the cameras' world frame
+    half_extent: float = 1.5           # world box [-h, h]^3 = the planes' extent (u = p / h)
+    fov: Optional[float] = None        # horizontal field of view (rad); none = srn-cars 0.6911112
+    num_rays: int = 5000               # supervision rays per object per step
+    ray_views: int = 1                 # views those rays are drawn from
+    near: float = 2.0
+    far: float = 6.0
+    num_samples: int = 256             # stratified samples per ray (training)
+    render_samples: int = 256          # stratified samples per ray (rendering)
+    num_importance: int = 0            # extra importance samples per ray (same field)
+    perturb: bool = True               # jitter the stratified samples in training
+    white_background: bool = True
+    render_chunk: int = 1024           # rays per chunk when rendering (x samples = field points)
+    rgb_weight: float = 20.0           # loss: rgb_weight * sum over rays of |rgb - gt|
+    mlp_depth: int = 6                 # field: layers of width mlp.hidden
+    skips: list[int] = field(default_factory=lambda: [2, 4])
+    multires: int = 10                 # positional-encoding frequencies of the position
+    multires_views: int = 4            # ... and of the view direction
+    pointnet_hidden: int = 256
+    pointnet_blocks: int = 7
+    pointnet_channels: int = 32
+    turntable_frames: int = 24         # `ddmi sample`: frames per turntable
+    turntable_radius: float = 4.0
+    turntable_elevation: float = 20.0  # degrees above the horizon
 
 
 @dataclass
@@ -163,6 +198,7 @@ class DDMIConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    nerf: NeRFConfig = field(default_factory=NeRFConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
     gan: GANConfig = field(default_factory=GANConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -285,6 +321,22 @@ def validate(cfg: DictConfig) -> None:
         check(0 < sc.threshold < 1, "shapes.threshold", "must be a probability in (0, 1)")
         check(sc.pointnet_blocks >= 1 and sc.pointnet_hidden > 0 and sc.pointnet_channels > 0,
               "shapes.pointnet_blocks", "PointNet sizes must be positive")
+    if cfg.domain == "nerf":
+        nc = cfg.nerf
+        check(nc.num_points > 0, "nerf.num_points", "must be > 0")
+        check(nc.num_rays > 0 and nc.ray_views > 0, "nerf.num_rays", "num_rays and ray_views must be > 0")
+        check(0 < nc.near < nc.far, "nerf.near", f"need 0 < near < far, got {nc.near}, {nc.far}")
+        check(nc.num_samples >= 2 and nc.render_samples >= 2, "nerf.num_samples", "need >= 2 samples per ray")
+        check(nc.num_importance >= 0, "nerf.num_importance", "must be >= 0")
+        check(nc.half_extent > 0 and nc.points_scale > 0, "nerf.half_extent", "half_extent and points_scale must be > 0")
+        check(nc.fov is None or 0 < nc.fov < 3.14, "nerf.fov", "must be in (0, pi) radians")
+        check(0 <= nc.val_fraction < 1, "nerf.val_fraction", "must be in [0, 1)")
+        check(nc.render_chunk > 0 and nc.turntable_frames > 0, "nerf.render_chunk", "must be > 0")
+        check(nc.mlp_depth >= 1 and all(0 < k < nc.mlp_depth for k in nc.skips), "nerf.skips",
+              f"skip layers must be in 1..{nc.mlp_depth - 1}")
+        check(nc.multires >= 0 and nc.multires_views >= 0, "nerf.multires", "must be >= 0")
+        check(nc.pointnet_blocks >= 1 and nc.pointnet_hidden > 0 and nc.pointnet_channels > 0,
+              "nerf.pointnet_blocks", "PointNet sizes must be positive")
     for section in ("train", "ldm_train"):
         t = cfg[section]
         check(t.steps > 0, f"{section}.steps", "must be > 0")

@@ -137,7 +137,12 @@ def _occupancy(cfg: DictConfig) -> nn.Module:
     return OccupancyAutoencoder(cfg)
 
 
-AUTOENCODERS = {"image": ImageAutoencoder, "occupancy": _occupancy}
+def _nerf(cfg: DictConfig) -> nn.Module:
+    from .nerf_model import NeRFAutoencoder
+    return NeRFAutoencoder(cfg)
+
+
+AUTOENCODERS = {"image": ImageAutoencoder, "occupancy": _occupancy, "nerf": _nerf}
 
 
 def build_autoencoder(cfg: DictConfig) -> nn.Module:

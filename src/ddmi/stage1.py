@@ -150,6 +150,9 @@ def make_vae_task(cfg: DictConfig, *, log=print) -> VAETask:
     VAE run ``cfg.init`` when given (weights only; a resumed checkpoint overrides them)."""
     if cfg.domain == "occupancy":
         task = OccupancyVAETask(cfg, log=log)
+    elif cfg.domain == "nerf":
+        from .domains.nerf import make_nerf_vae_task
+        task = make_nerf_vae_task(cfg, log=log)
     elif cfg.gan.enabled:
         from .gan import AdversarialVAETask
         task = AdversarialVAETask(cfg, log=log)

@@ -58,7 +58,7 @@ def stage2_config(preset_cfg: DictConfig, vae_run: Path, *, data_dir_overridden:
 class LatentCache(Dataset):
     """Posterior means and standard deviations of every training item, for each of the encoder
     views the domain gives (``ae.encoder_views(batch)``: images -> [original, mirrored];
-    shapes -> [point cloud]).
+    shapes -> [point cloud]; NeRF -> [coloured point cloud]).
 
     Item ``i``: ``(V, 2, C, h, w)`` = [view][mean, std].
     """
@@ -190,6 +190,9 @@ class LDMTask(Task):
             meshes = extract_meshes(self.ae.to(device).decode(z[:8]), 32, threshold=self.ae.threshold,
                                     half_extent=self.ae.half_extent)
             return [write_png(path, preview_sheet(meshes, half_extent=self.ae.half_extent))]
+        if self.ae.domain == "nerf":
+            from .domains.nerf import ldm_sample_sheet
+            return [ldm_sample_sheet(self.ae.to(device), z, path)]
         r = self.ae.resolution
         save_grid(self.ae.render(z, 2 * r).cpu(), path, nrow=8)
         return [path]
@@ -203,6 +206,9 @@ def encoder_dataset(cfg: DictConfig) -> Dataset:
         sc = cfg.shapes
         return ShapesDataset(cfg.data.dir, split="train", classes=None if sc.classes is None else list(sc.classes),
                              num_points=sc.num_points, point_noise=sc.point_noise, num_queries=1, seed=cfg.seed)
+    if cfg.domain == "nerf":
+        from .domains.nerf import nerf_dataset
+        return nerf_dataset(cfg, "train", num_rays=0)
     return ImageFolderDataset(cfg.data.dir, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
 
 
@@ -280,6 +286,9 @@ def sample_command(args, log=print) -> int:
     if ae.domain == "occupancy":
         from .domains.occupancy import sample_shapes_command
         return sample_shapes_command(args, ae, diffusion, cfg, log=log)
+    if ae.domain == "nerf":
+        from .domains.nerf import sample_nerf_command
+        return sample_nerf_command(args, ae, diffusion, cfg, log=log)
     sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     resolutions = args.resolution or [ae.resolution]
     out = Path(args.out)

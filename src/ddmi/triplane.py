@@ -59,17 +59,21 @@ def triplane_grid(u: torch.Tensor) -> torch.Tensor:
 
 
 def sample_triplane(planes: torch.Tensor, u: torch.Tensor | None = None, *,
-                    grid: torch.Tensor | None = None) -> torch.Tensor:
+                    grid: torch.Tensor | None = None, reduce: str = "sum") -> torch.Tensor:
     """Sum of the bilinear samples of the three planes ``(B, 3, C, H, W)`` at ``u (B, N, 3)``
     (or at a precomputed ``grid = triplane_grid(u)``, to share it between scales).
 
-    Returns ``(B, N, C)``. Same convention as :func:`ddmi.fields.sample_plane`
+    Returns ``(B, N, C)``, or with ``reduce="concat"`` the three samples concatenated in PLANES
+    order, ``(B, N, 3C)`` (the NeRF field). Same convention as :func:`ddmi.fields.sample_plane`
     (``align_corners=False``, border padding).
     """
     b, k, c, h, w = planes.shape
     grid = triplane_grid(u) if grid is None else grid
     feats = F.grid_sample(planes.reshape(b * k, c, h, w), grid.to(planes.dtype), mode="bilinear",
                           padding_mode="border", align_corners=False)          # (B*3, C, 1, N)
+    if reduce == "concat":
+        return feats.reshape(b, k * c, -1).transpose(1, 2)
+    assert reduce == "sum", f"unknown reduce {reduce!r}"
     return feats.reshape(b, k, c, -1).sum(1).transpose(1, 2)
 
 

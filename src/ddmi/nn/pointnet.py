@@ -43,9 +43,12 @@ def scatter_to_cells(values: torch.Tensor, index: torch.Tensor, cells: int, redu
 
 
 class LocalPoolPointNet(nn.Module):
-    """Point cloud ``u (B, N, 3)`` -> three feature planes ``(B, 3, C, R, R)`` (PLANES order).
+    """Point cloud ``u (B, N, dim)`` -> three feature planes ``(B, 3, C, R, R)`` (PLANES order).
 
-    ``fc_pos`` (3 -> 2h), ``blocks`` ResnetBlockFC(2h -> h); before every block but the first,
+    The first three channels are the normalised coordinates (they choose the cells); any further
+    channels (``dim > 3``, e.g. the colours of the NeRF domain's coloured points) are features.
+
+    ``fc_pos`` (dim -> 2h), ``blocks`` ResnetBlockFC(2h -> h); before every block but the first,
     each point's features are concatenated with the sum over the three planes of the max of the
     features of the points in its cell. ``fc_c`` (h -> C) and a per-cell mean give the planes.
     """
@@ -62,7 +65,7 @@ class LocalPoolPointNet(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         b, n, _ = u.shape
         r = self.resolution
-        index = cell_index(u, r)                                          # (B, 3, N)
+        index = cell_index(u[..., :3], r)                                 # (B, 3, N)
         net = self.blocks[0](self.fc_pos(u))
         for block in self.blocks[1:]:
             pooled = 0

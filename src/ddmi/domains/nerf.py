@@ -1,0 +1,226 @@
+"""The NeRF domain: radiance fields -> rendered views, turntables (PNG frames + GIF), PSNR.
+
+A NeRF field (:meth:`ddmi.nerf_model.NeRFAutoencoder.decode`) is rendered from any camera with
+:mod:`ddmi.render.volume` in the world frame of the data (OpenGL camera-to-world poses, the
+srn-cars intrinsics scaled to the requested size: ``focal = 0.5 R / tan(0.5 fov)``, so any
+resolution ``R`` shows the same view). Turntables orbit the origin at ``nerf.turntable_radius``
+and ``nerf.turntable_elevation`` degrees.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from ..errors import ConfigError, DataError, DDMIError
+from ..render.volume import SRN_FOV, focal_from_fov, render_views, turntable_poses
+from ..stage1 import VAETask, _Forward
+
+
+def render_latents(ae, z: torch.Tensor, poses: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Views ``(B, V, 3, R, R)`` in [0, 1] of the fields of latents ``z`` from ``poses (V, 4, 4)``."""
+    planes = ae.vae.decode(z)
+    device = planes[0].device
+    return render_views(ae.query_fn(planes), poses.to(device), resolution, resolution,
+                        focal_from_fov(resolution, ae.fov), batch=len(z), **ae.render_kwargs(train=False))
+
+
+def turntable(ae, n: int | None = None) -> torch.Tensor:
+    nc = ae.nerf
+    return turntable_poses(n or nc.turntable_frames, radius=nc.turntable_radius,
+                           elevation=math.radians(nc.turntable_elevation))
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``(..., 3, H, W)`` in [0, 1] -> ``(..., H, W, 3)`` uint8."""
+    x = images.detach().float().clamp(0, 1).mul(255).add(0.5).floor().to(torch.uint8).cpu().numpy()
+    return np.ascontiguousarray(np.moveaxis(x, -3, -1))
+
+
+def write_gif(path: Path, frames: np.ndarray, *, duration_ms: int = 80) -> Path:
+    """An endlessly looping animated GIF of ``frames (N, H, W, 3)`` uint8, written atomically."""
+    from PIL import Image
+
+    from ..checkpoint import atomic_write_bytes
+    imgs = [Image.fromarray(f) for f in frames]
+    buf = io.BytesIO()
+    imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=duration_ms, loop=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def sheet(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
+    """Rows of ``(N, H, W, 3)`` uint8 tiles -> one white-padded contact sheet."""
+    from ..render.mesh import contact_sheet
+    ncol = max(len(r) for r in rows)
+    tiles = []
+    for r in rows:
+        tiles += list(r) + [np.full_like(r[0], 255)] * (ncol - len(r))
+    return contact_sheet(tiles, ncol=ncol, pad=pad)
+
+
+def nerf_dataset(cfg: DictConfig, split: str = "train", *, num_rays: int | None = None, root=None):
+    from ..data.srn import NeRFDataset
+    nc = cfg.nerf
+    return NeRFDataset(root or cfg.data.dir, split=split, category=nc.category, num_points=nc.num_points,
+                       num_rays=nc.num_rays if num_rays is None else num_rays, ray_views=nc.ray_views,
+                       point_noise=nc.point_noise, points_scale=nc.points_scale,
+                       fov=nc.fov if nc.fov is not None else SRN_FOV, val_fraction=nc.val_fraction,
+                       seed=cfg.seed)
+
+
+# ------------------------------------------------------------------------------------------
+# stage-1 task
+
+
+class NeRFVAETask(VAETask):
+    """Stage 1 of the NeRF domain: srn-cars objects (``data.dir``), L1 over rays + KL + SN."""
+
+    def __init__(self, cfg: DictConfig, *, log=print):
+        from ..models import build_autoencoder
+        if cfg.data.dir is None:
+            raise ConfigError("no training data: set data.dir=FOLDER (srn-cars layout; see `ddmi synth nerf`)")
+        self.cfg = cfg
+        self.dataset = nerf_dataset(cfg, "train")
+        self.num_workers = cfg.data.num_workers
+        self.autoencoder = build_autoencoder(cfg)
+        self.module = _Forward(self.autoencoder, None, 1.0)
+        try:   # held-out objects for the reconstruction previews, if there are any
+            self.preview_set = nerf_dataset(cfg, "val", num_rays=0, root=cfg.data.test_dir)
+        except DataError:
+            self.preview_set = nerf_dataset(cfg, "train", num_rays=0)
+
+    def write_samples(self, step: int, folder: Path) -> list[Path]:
+        """One row per held-out object (up to 4): 3 ground-truth views, then their renderings."""
+        from ..render.mesh import write_png
+        ae = self.autoencoder
+        device = next(ae.parameters()).device
+        rows = []
+        for i in range(min(4, len(self.preview_set))):
+            s = self.preview_set.scene(i)
+            views = np.linspace(0, len(s["poses"]) - 1, 3).round().astype(int)
+            res = min(64, s["images"].shape[1])
+            points = self.preview_set[i][None, :ae.num_points, :6].to(device)
+            pred = render_latents(ae, ae.encode(points).mode(), torch.from_numpy(s["poses"][views]), res)[0]
+            gt = torch.nn.functional.interpolate(torch.from_numpy(s["images"][views].astype(np.float32))
+                                                 .permute(0, 3, 1, 2), size=(res, res), mode="area")
+            rows.append(np.concatenate([to_uint8(gt), to_uint8(pred)]))
+        path = folder / f"recon-step{step:07d}.png"
+        return [write_png(path, sheet(rows))]
+
+
+def make_nerf_vae_task(cfg: DictConfig, *, log=print) -> NeRFVAETask:
+    return NeRFVAETask(cfg, log=log)
+
+
+def ldm_sample_sheet(ae, z: torch.Tensor, path: Path) -> Path:
+    """Stage-2 periodic samples: 4 turntable views of up to 8 samples, 32 px."""
+    from ..render.mesh import write_png
+    imgs = render_latents(ae, z[:8], turntable(ae, 4), 32)
+    return write_png(path, sheet([to_uint8(v) for v in imgs]))
+
+
+# ------------------------------------------------------------------------------------------
+# commands
+
+
+def sample_nerf_command(args, ae, diffusion, cfg, log=print) -> int:
+    """``ddmi sample`` for a NeRF run: per sample and resolution, a turntable of PNG frames and
+    an animated GIF, plus one sheet of every sample's turntable per resolution."""
+    from ..ldm import slerp
+    from ..render.mesh import write_png
+    from ..stage2 import _check_free, generate_latents, noise_for
+    sampler = args.sampler or cfg.ldm.sampler
+    steps = args.steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
+    resolutions = args.resolution or [128]
+    out = Path(args.out)
+    if args.interpolate:
+        a, b = noise_for(args.seed, 0, ae.latent_shape), noise_for(args.seed + 1, 0, ae.latent_shape)
+        noises = torch.stack([slerp(a, b, float(t)) for t in np.linspace(0, 1, max(2, args.num))])
+        prefix = "interpolation"
+    else:
+        noises = torch.stack([noise_for(args.seed, i, ae.latent_shape) for i in range(args.num)])
+        prefix = "sample"
+    poses = turntable(ae)
+    stems = {r: [f"{prefix}_{i:05d}_{r}" for i in range(len(noises))] for r in resolutions}
+    targets = [out / f"{s}.gif" for r in resolutions for s in stems[r]]
+    targets += [out / s / "frame_000.png" for r in resolutions for s in stems[r]]
+    targets += [out / f"turntables_{r}.png" for r in resolutions]
+    _check_free(targets, args.overwrite)
+    with torch.inference_mode():
+        z = generate_latents(diffusion, ae.latent_shape, noises, sampler=sampler, steps=steps,
+                             eta=args.eta, batch_size=args.batch_size)
+        for r in resolutions:
+            rows = []
+            for i in range(len(z)):
+                frames = to_uint8(render_latents(ae, z[i:i + 1], poses, r)[0])
+                for k, f in enumerate(frames):
+                    write_png(out / stems[r][i] / f"frame_{k:03d}.png", f)
+                write_gif(out / f"{stems[r][i]}.gif", frames)
+                rows.append(frames[np.linspace(0, len(frames) - 1, min(8, len(frames)), endpoint=False).astype(int)]
+                            if len(frames) > 8 else frames)
+            write_png(out / f"turntables_{r}.png", sheet(rows))
+    log(f"wrote {len(noises)} turntables ({len(poses)} frames: PNG + GIF) at "
+        f"{', '.join(f'{r}x{r}' for r in resolutions)} to {out} ({sampler}, {steps or 'default'} steps)")
+    return 0
+
+
+def reconstruct_nerf_command(ae, args, log=print) -> int:
+    """``ddmi reconstruct`` for a NeRF run: srn-cars ``.npz`` objects -> their encoded point
+    clouds -> renders of ``--views`` of their views, with PSNR / SSIM against the images."""
+    from ..data.srn import read_scene
+    from ..metrics.image_quality import psnr, ssim
+    from ..render.mesh import write_png
+    out = Path(args.out)
+    nviews = getattr(args, "views", None) or 8
+    results, rows = {}, []
+    stems = [Path(p).stem for p in args.inputs]
+    if len(set(stems)) < len(stems):
+        stems = [f"{i:04d}_{s}" for i, s in enumerate(stems)]
+    if not args.overwrite:
+        taken = [out / f"{s}_compare.png" for s in stems if (out / f"{s}_compare.png").exists()]
+        if taken:
+            raise DDMIError(f"{taken[0]} exists (pass --overwrite to replace it)")
+    nc = ae.nerf
+    for path, stem in zip(args.inputs, stems):
+        s = read_scene(path)
+        pts = s["points"]
+        pts[:, :3] *= nc.points_scale
+        pick = np.random.default_rng(0).choice(len(pts), ae.num_points, replace=len(pts) < ae.num_points)
+        v, h, w, _ = s["images"].shape
+        views = np.unique(np.linspace(0, v - 1, min(nviews, v)).round().astype(int))
+        res = args.resolution or w
+        with torch.inference_mode():
+            z = ae.encode(torch.from_numpy(pts[pick])[None]).mode()
+            pred = render_latents(ae, z, torch.from_numpy(s["poses"][views]), res)[0]      # (V, 3, R, R)
+        frames = to_uint8(pred)
+        for k, f in zip(views, frames):
+            write_png(out / f"{stem}_view{k:03d}.png", f)
+        gt = torch.from_numpy(s["images"][views].astype(np.float32)).permute(0, 3, 1, 2)
+        entry = {"views": views.tolist(), "resolution": res}
+        if res == w and h == w:
+            entry["psnr"] = float(psnr(pred.float(), gt, data_range=1.0).mean())
+            if res >= 11:
+                entry["ssim"] = float(ssim(pred.float(), gt, data_range=1.0).mean())
+        else:
+            gt = torch.nn.functional.interpolate(gt, size=(res, res), mode="bilinear", antialias=True)
+        results[str(path)] = entry
+        write_png(out / f"{stem}_compare.png", sheet([to_uint8(gt), frames]))
+    scored = [e["psnr"] for e in results.values() if "psnr" in e]
+    summary = {"objects": results}
+    if scored:
+        summary["mean_psnr"] = float(np.mean(scored))
+    from ..checkpoint import atomic_write_text
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "psnr.json", json.dumps(summary, indent=1) + "\n")
+    msg = f"mean PSNR {summary['mean_psnr']:.2f} dB" if scored else \
+        "no PSNR (render at the images' own size, --resolution W, to measure it)"
+    log(f"wrote renders of {len(results)} objects to {out} ({msg}; per object in psnr.json)")
+    return 0

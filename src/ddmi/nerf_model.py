@@ -1,0 +1,212 @@
+"""The NeRF D2C-VAE: coloured PointNet -> tri-plane VAE -> tri-planes -> NeRF MLP (spec 3.3).
+
+**One frame** (the official code encodes with ``p / 1.1`` and renders with ``p / 3.5``; spec
+12.2.4): world points (the cameras' frame; point clouds are first multiplied by
+``nerf.points_scale``) are normalised once, ``u = p / nerf.half_extent``, for the PointNet scatter
+*and* for the plane queries, with the plane order, cells and sampling of :mod:`ddmi.triplane`.
+Outside the box ``|u| <= 1`` the density is exactly 0.
+
+**The field** (:class:`NeRFMLP`, ``MLPNeRF`` with **real** ReLUs; the official
+``nn.LeakyReLU(True)`` has slope 1, i.e. the field is affine: spec 12.2.3): input =
+``[the three planes' features concatenated (3C per scale, every decoded scale), PE(u)]``,
+``depth`` layers of ``width`` with the input re-concatenated before the layers in ``skips``;
+``sigma = softplus(Linear(h))``; ``rgb = sigmoid(Linear(ReLU(Linear([Linear(h), PE(dir)]))))``.
+PE(x) = ``[x, sin(2^k x), cos(2^k x)]_{k < L}``.
+
+A decoded :class:`~ddmi.fields.Field` is queried at 6-D coordinates ``[u, unit view direction]``
+and returns ``[sigma, r, g, b]`` (``sigma >= 0`` in world units, rgb in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from .data.srn import split_nerf_item
+from .fields import Field
+from .nn.pointnet import LocalPoolPointNet
+from .nn.spectral import SpectralRegularizer
+from .occupancy_model import triplane_spec
+from .render.volume import SRN_FOV, render_rays
+from .triplane import sample_triplane, triplane_grid
+from .vae import DiagonalGaussian
+from .vae_triplane import TriplaneVAE
+
+
+def positional_encoding(x: torch.Tensor, num_freqs: int) -> torch.Tensor:
+    """``x (..., D)`` -> ``(..., D * (1 + 2 L))``: ``[x, sin(2^k x) (k < L), cos(2^k x) (k < L)]``."""
+    if num_freqs <= 0:
+        return x
+    freqs = 2.0 ** torch.arange(num_freqs, device=x.device, dtype=x.dtype)
+    xf = (x[..., None, :] * freqs[:, None]).flatten(-2)                  # (..., L * D)
+    return torch.cat([x, xf.sin(), xf.cos()], dim=-1)
+
+
+class NeRFMLP(nn.Module):
+    """Tri-plane features + PE(position) (+ PE(view direction)) -> density and colour (module doc)."""
+
+    def __init__(self, *, plane_channels: int, num_scales: int = 1, depth: int = 6, width: int = 256,
+                 skips: tuple[int, ...] = (2, 4), multires: int = 10, multires_views: int = 4):
+        super().__init__()
+        self.multires, self.multires_views, self.skips = multires, multires_views, tuple(skips)
+        in_ch = 3 * plane_channels * num_scales + 3 * (1 + 2 * multires)
+        dir_ch = 3 * (1 + 2 * multires_views)
+        self.layers = nn.ModuleList()
+        for i in range(depth):
+            fan_in = in_ch if i == 0 else width + (in_ch if i in self.skips else 0)
+            self.layers.append(nn.Linear(fan_in, width))
+        self.sigma = nn.Linear(width, 1)
+        self.feature = nn.Linear(width, width)
+        self.rgb_hidden = nn.Linear(width + dir_ch, width // 2)
+        self.rgb = nn.Linear(width // 2, 3)
+
+    def forward(self, planes: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+        """``planes``: ``(B, 3, C, r, r)`` per scale; ``coords (B, N, 6)`` = [u, unit direction].
+
+        Returns ``(B, N, 4)``: density (0 outside ``|u| <= 1``) and rgb in [0, 1]."""
+        u, d = coords[..., :3], coords[..., 3:6]
+        grid = triplane_grid(u)
+        # the input x = [features, PE(u)] is kept in pieces: a layer on a concatenation is the sum
+        # of its weight blocks applied to the pieces (no concatenated copies: memory-bound on CPU)
+        x = [sample_triplane(p, grid=grid, reduce="concat") for p in planes] + [positional_encoding(u, self.multires)]
+        h = _linear(self.layers[0], x)
+        for i, layer in enumerate(self.layers):
+            if i:
+                h = _linear(layer, [h] + x) if i in self.skips else layer(h)
+            h = F.relu(h, inplace=True)
+        sigma = F.softplus(self.sigma(h))[..., 0]
+        sigma = sigma * (u.abs().amax(-1) <= 1.0)
+        hc = F.relu(_linear(self.rgb_hidden, [self.feature(h), positional_encoding(d, self.multires_views)]),
+                    inplace=True)
+        rgb = torch.sigmoid(self.rgb(hc))
+        return torch.cat([sigma[..., None], rgb], dim=-1)
+
+
+def _linear(layer: nn.Linear, pieces: list[torch.Tensor]) -> torch.Tensor:
+    """``layer(torch.cat(pieces, -1))`` without materialising the concatenation."""
+    out, start = None, 0
+    for x in pieces:
+        k = x.shape[-1]
+        y = F.linear(x, layer.weight[:, start:start + k], layer.bias if out is None else None)
+        out = y if out is None else out.add_(y)
+        start += k
+    assert start == layer.in_features, (start, layer.in_features)
+    return out
+
+
+class NeRFAutoencoder(nn.Module):
+    """Coloured point cloud -> latent ``(3 * embed_dim, r, r)`` -> radiance ``Field`` (module doc)."""
+
+    domain = "nerf"
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__()
+        nc = cfg.nerf
+        self.nerf = nc
+        self.spec = dataclasses.replace(triplane_spec(cfg), in_channels=nc.pointnet_channels)
+        self.resolution = cfg.data.resolution
+        self.half_extent = float(nc.half_extent)
+        self.num_points = nc.num_points
+        self.fov = nc.fov if nc.fov is not None else SRN_FOV
+        self.pointnet = LocalPoolPointNet(dim=6, hidden=nc.pointnet_hidden, blocks=nc.pointnet_blocks,
+                                          out_channels=nc.pointnet_channels, resolution=cfg.data.resolution)
+        self.vae = TriplaneVAE(self.spec)
+        self.mlp = NeRFMLP(plane_channels=self.spec.plane_channels, num_scales=len(self.spec.plane_resolutions),
+                           depth=nc.mlp_depth, width=cfg.mlp.hidden, skips=tuple(nc.skips),
+                           multires=nc.multires, multires_views=nc.multires_views)
+        self.spectral = SpectralRegularizer(self.vae, power_iters=cfg.loss.sn_power_iters) \
+            if cfg.loss.sn_reg else None
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        r = self.spec.latent_resolution
+        return (3 * self.spec.embed_dim, r, r)
+
+    def components(self) -> dict[str, nn.Module]:
+        return {"pointnet": self.pointnet, "encoder": self.vae.encoder, "decoder": self.vae.decoder,
+                "mlp": self.mlp}
+
+    def normalize(self, points: torch.Tensor) -> torch.Tensor:
+        """World points ``(..., 3)`` -> ``u = p / half_extent`` (not clamped: the MLP zeroes the
+        density outside the box; the PointNet clamps cells)."""
+        return points / self.half_extent
+
+    def encoder_input(self, points: torch.Tensor) -> torch.Tensor:
+        """Coloured points ``(B, P, 6)`` (world xyz, rgb in [0, 1]) -> ``[u, 2 rgb - 1]``."""
+        return torch.cat([self.normalize(points[..., :3]).clamp(-1, 1), points[..., 3:6] * 2 - 1], dim=-1)
+
+    def encode(self, points: torch.Tensor) -> DiagonalGaussian:
+        """``points (B, P, 6)`` world xyz + rgb in [0, 1] -> posterior over the latent."""
+        return self.vae.encode(self.pointnet(self.encoder_input(points)))
+
+    def encoder_views(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder inputs of packed items (stage-2 latent cache): the coloured points."""
+        return [batch[:, :self.num_points, :6]]
+
+    def decode(self, z: torch.Tensor, *, chunk: int = 65536) -> Field:
+        """Latent -> a ``Field`` queried at ``[u, unit direction]`` -> ``[sigma, rgb]``."""
+        return Field(self.vae.decode(z), self.mlp, {}, chunk=chunk)
+
+    def query_fn(self, planes: list[torch.Tensor]):
+        """A renderer query (:mod:`ddmi.render.volume`) in world coordinates for decoded planes."""
+        def query(points: torch.Tensor, dirs: torch.Tensor):
+            out = self.mlp(planes, torch.cat([self.normalize(points), dirs], dim=-1))
+            return out[..., 0], out[..., 1:]
+        return query
+
+    def field_query(self, field: Field):
+        def query(points: torch.Tensor, dirs: torch.Tensor):
+            out = field.query(torch.cat([self.normalize(points), dirs], dim=-1))
+            return out[..., 0], out[..., 1:]
+        return query
+
+    def render_kwargs(self, *, train: bool) -> dict:
+        nc = self.nerf
+        return dict(near=nc.near, far=nc.far, num_samples=nc.num_samples if train else nc.render_samples,
+                    num_importance=nc.num_importance, white_background=nc.white_background,
+                    chunk=nc.render_chunk)
+
+    def random_inputs(self, generator: torch.Generator, n: int, *, hflip: bool = False) -> dict:
+        """All randomness of one training step for ``n`` objects: posterior noise, stratified
+        jitter and importance-sampling uniforms (rays and points are drawn by the dataset)."""
+        nc = self.nerf
+        rand = {"noise": torch.randn((n, *self.latent_shape), generator=generator)}
+        if nc.perturb:
+            rand["jitter"] = torch.rand((n, nc.num_rays, nc.num_samples), generator=generator)
+        if nc.num_importance > 0:
+            rand["importance_u"] = torch.rand((n, nc.num_rays, nc.num_importance), generator=generator)
+        return rand
+
+    def forward(self, batch: torch.Tensor, rand: dict, *, kl_weight: float, sn_weight: float,
+                perceptual: nn.Module | None = None, perceptual_weight: float = 1.0
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Stage-1 loss on packed items ``batch (B, num_points + R, 9)`` (:mod:`ddmi.data.srn`).
+
+        ``rgb_weight * sum_rays |rgb - rgb_gt|`` (per object, batch mean; official: 20 x the sum
+        over 5000 rays) + ``kl_weight * KL`` + ``sn_weight *`` the spectral regulariser."""
+        assert perceptual is None, "the NeRF domain has no perceptual loss"
+        points, origins, dirs, target = split_nerf_item(batch, self.num_points)
+        posterior = self.encode(points)
+        z = posterior.mean + posterior.std * rand["noise"]
+        planes = self.vae.decode(z)
+        kw = self.render_kwargs(train=True)
+        kw["chunk"] = origins.shape[1]                     # one chunk: gradients flow through all rays
+        out = render_rays(self.query_fn(planes), origins, dirs, jitter=rand.get("jitter"),
+                          importance_u=rand.get("importance_u"), **kw)
+        l1 = (out["rgb"] - target).abs().flatten(1).sum(1).mean()
+        kl = posterior.kl().mean()
+        loss = self.nerf.rgb_weight * l1 + kl_weight * kl
+        logs = {"l1": l1.detach() / max(1, target[0].numel()), "kl": kl.detach()}
+        if self.spectral is not None and sn_weight > 0:
+            sn = self.spectral(self.vae)
+            loss = loss + sn_weight * sn
+            logs["sn"] = sn.detach()
+        with torch.no_grad():
+            mse = (out["rgb"].detach().clamp(0, 1) - target).pow(2).mean()
+            logs["psnr"] = -10 * torch.log10(mse.clamp_min(1e-10))
+        return loss, logs
+
