@@ -120,7 +120,12 @@ def _occupancy(cfg: DictConfig) -> nn.Module:
     return OccupancyAutoencoder(cfg)
 
 
-AUTOENCODERS = {"image": ImageAutoencoder, "occupancy": _occupancy}
+def _video(cfg: DictConfig) -> nn.Module:
+    from .video_model import VideoAutoencoder
+    return VideoAutoencoder(cfg)
+
+
+AUTOENCODERS = {"image": ImageAutoencoder, "occupancy": _occupancy, "video": _video}
 
 
 def build_autoencoder(cfg: DictConfig) -> nn.Module:
