@@ -115,6 +115,10 @@ def cmd_synth(args) -> int:
     elif args.kind == "shapes":
         paths = synthetic.synth_shapes(args.out_dir, num=args.num, seed=args.seed, overwrite=args.overwrite,
                                        split_test=args.test, num_points=args.points, num_surface=args.points)
+    elif args.kind == "video":
+        from .data.synthetic_videos import synth_videos
+        paths = synth_videos(args.out_dir, num=args.num, frames=args.frames, resolution=args.resolution,
+                             seed=args.seed, overwrite=args.overwrite, split_val=args.test or None)
     else:  # pragma: no cover - argparse restricts the choices
         raise ConfigError(f"unknown synth kind {args.kind}")
     _log(f"wrote {len(paths)} {args.kind} files under {args.out_dir}")
@@ -173,6 +177,10 @@ def cmd_reconstruct(args) -> int:
     if ae.domain == "occupancy":
         from .domains.occupancy import reconstruct_shapes_command
         return reconstruct_shapes_command(ae, args, log=_log)
+    if ae.domain == "video":
+        from .domains.video import reconstruct_videos_command
+        _check_options(args, "frames")
+        return reconstruct_videos_command(ae, args, log=_log)
     if ae.domain != "image":
         raise ConfigError(f"reconstruct for the {ae.domain} domain is not available yet")
     out = Path(args.out)
@@ -197,7 +205,7 @@ def cmd_reconstruct(args) -> int:
 
 def cmd_sample(args) -> int:
     from .stage2 import sample_command
-    _check_options(args, "num", "resolution", "steps", "batch_size")
+    _check_options(args, "num", "resolution", "steps", "batch_size", "frames")
     _torch_threads()
     return sample_command(args, log=_log)
 
@@ -231,12 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("synth", help="write a synthetic dataset")
-    s.add_argument("kind", choices=["image", "shapes"])
+    s.add_argument("kind", choices=["image", "shapes", "video"])
     s.add_argument("out_dir")
     s.add_argument("--num", type=int, default=1000)
     s.add_argument("--resolution", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--test", type=int, default=0, help="also write this many test items")
+    s.add_argument("--test", type=int, default=0,
+                   help="also write this many test items (video: val videos, default num // 8, at least 1)")
+    s.add_argument("--frames", type=int, default=16, help="video: frames per video")
     s.add_argument("--points", type=int, default=30_000,
                    help="shapes: query points and surface points per shape (ONet's files hold 100k; "
                    "training draws 2048 + 3000 per step)")
@@ -256,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+")
     s.add_argument("--out", required=True)
     s.add_argument("--resolution", type=int, default=None)
+    s.add_argument("--frames", type=int, action="append", default=None,
+                   help="video: frame count to render (continuous time; default the training clip length)")
     s.add_argument("--normalize", action="store_true",
                    help="shapes: centre each point cloud and scale its longest side to 1 first")
     s.add_argument("--overwrite", action="store_true")
@@ -267,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--resolution", type=int, action="append", default=None,
                    help="render size, or mesh grid resolution for shapes (default 128); repeat for several")
+    s.add_argument("--frames", type=int, action="append", default=None,
+                   help="video: frame count to render (continuous time: any count, e.g. 2x the "
+                   "training clip length); repeat for several")
     s.add_argument("--sampler", default=None)
     s.add_argument("--steps", type=int, default=None)
     s.add_argument("--eta", type=float, default=0.0)

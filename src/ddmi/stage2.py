@@ -170,6 +170,9 @@ class LDMTask(Task):
         z = diffusion_sample(self.ema.model, self.fixed_noise.shape, sampler=self.cfg.ldm.sampler,
                              steps=self.cfg.ldm.sample_steps, noise=self.fixed_noise.to(device))
         path = folder / f"samples-step{step:07d}.png"
+        if self.ae.domain == "video":
+            from .render.video import contact_sheet
+            return [contact_sheet(self.ae.to(device).render(z[:8]).cpu(), path)]
         if self.ae.domain == "occupancy":
             from .domains.occupancy import extract_meshes, preview_sheet
             from .render.mesh import write_png
@@ -189,6 +192,10 @@ def encoder_dataset(cfg: DictConfig) -> Dataset:
         sc = cfg.shapes
         return ShapesDataset(cfg.data.dir, split="train", classes=None if sc.classes is None else list(sc.classes),
                              num_points=sc.num_points, point_noise=sc.point_noise, num_queries=1, seed=cfg.seed)
+    if cfg.domain == "video":
+        from .data.videos import VideoFolderDataset
+        return VideoFolderDataset(cfg.data.dir, split="train", frames=cfg.video.frames,
+                                  resolution=cfg.data.resolution, seed=cfg.seed)
     return ImageFolderDataset(cfg.data.dir, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
 
 
@@ -253,6 +260,9 @@ def sample_command(args, log=print) -> int:
     if ae.domain == "occupancy":
         from .domains.occupancy import sample_shapes_command
         return sample_shapes_command(args, ae, diffusion, cfg, log=log)
+    if ae.domain == "video":
+        from .domains.video import sample_videos_command
+        return sample_videos_command(args, ae, diffusion, cfg, log=log)
     sampler = args.sampler or cfg.ldm.sampler
     steps = args.steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
     resolutions = args.resolution or [ae.resolution]
