@@ -18,7 +18,7 @@ import time
 from . import common
 from .common import CASES, Context, Row
 
-MODULES = ("bench_stage1", "bench_decode", "bench_stage2", "bench_metrics", "bench_mesh")
+MODULES = ("bench_stage1", "bench_decode", "bench_stage2", "bench_metrics", "bench_mesh", "bench_video")
 RESULT_TAG = "@@BENCH-RESULT "
 
 
