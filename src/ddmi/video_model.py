@@ -328,6 +328,7 @@ class VideoAutoencoder(nn.Module):
         self.resolution = cfg.data.resolution
         self.frames = cfg.video.frames
         self.fps = cfg.video.fps
+        self.hflip = cfg.data.hflip
         self.vae = VideoVAE(self.spec)
         self.mlp = VideoMLP(plane_channels=self.spec.plane_channels,
                             num_scales=len(self.spec.plane_resolutions), hidden=cfg.mlp.hidden)
@@ -347,8 +348,9 @@ class VideoAutoencoder(nn.Module):
         return self.vae.encode(clips)
 
     def encoder_views(self, clips: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder inputs of a batch (stage-2 latent cache): the clips and their mirrors."""
-        return [clips, clips.flip(-1)]
+        """Encoder inputs of a batch (stage-2 latent cache): the clips, and their mirrors when
+        ``data.hflip`` is on."""
+        return [clips, clips.flip(-1)] if self.hflip else [clips]
 
     def decode(self, z: torch.Tensor, *, chunk: int = 16384) -> Field:
         return Field(self.vae.decode(z), self.mlp, {}, chunk=chunk)
