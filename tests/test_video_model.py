@@ -151,3 +151,15 @@ def test_overfit_psnr(tmp_path):
 
 PSNR_FLOOR = 26.0
 QUICK_FLOOR = 17.0
+
+
+@pytest.mark.parametrize("override, key", [
+    ("video.frames=0", "video.frames"),
+    ("video.frames=7", "ldm.unet.channel_mult"),          # the tri-plane UNet halves the 7 rows
+    ("video.enc_head_dim=18", "video.enc_head_dim"),       # axial rotary needs a multiple of 4
+    ("vae.inter_attn_resolutions=[12]", "vae.inter_attn_resolutions"),
+])
+def test_bad_video_config_names_the_key(override, key):
+    from ddmi.errors import ConfigError
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("video-tiny", [override])
