@@ -260,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("reconstruct", help="encode images (or point clouds, for a shapes run) and "
-                       "render them at any resolution (meshes: grid resolution)")
+    s = sub.add_parser("reconstruct", help="encode images (or point clouds, for a shapes run; video "
+                       "files or frame folders, for a video run) and render them at any resolution "
+                       "(meshes: grid resolution; videos: also any --frames)")
     s.add_argument("run_dir")
     s.add_argument("inputs", nargs="+")
     s.add_argument("--out", required=True)
