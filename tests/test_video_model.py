@@ -139,18 +139,19 @@ def _overfit(steps: int, *, tmp_path, num: int = 3):
 
 
 def test_overfit_psnr_quick(tmp_path):
-    """2 clips, 25 steps: QUICK_MEASURED dB measured; floor QUICK_FLOOR dB (an untrained model gives about 11 dB)."""
+    """2 clips, 25 steps (~11 s on 1 thread): 19.3 dB measured; floor 17.5 dB (an untrained model
+    gives about 11 dB)."""
     assert _overfit(25, tmp_path=tmp_path, num=2) > QUICK_FLOOR
 
 
 @pytest.mark.slow
 def test_overfit_psnr(tmp_path):
-    """400 steps: PSNR_MEASURED dB measured; floor PSNR_FLOOR dB."""
+    """3 clips, 400 steps (~200 s on 1 thread): 27.7 dB measured; floor 26 dB."""
     assert _overfit(400, tmp_path=tmp_path) > PSNR_FLOOR
 
 
 PSNR_FLOOR = 26.0
-QUICK_FLOOR = 17.0
+QUICK_FLOOR = 17.5
 
 
 @pytest.mark.parametrize("override, key", [
