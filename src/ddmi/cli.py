@@ -124,6 +124,10 @@ def cmd_synth(args) -> int:
         paths = synth_nerf(args.out_dir, num=args.num, seed=args.seed, overwrite=args.overwrite,
                            split_test=args.test, resolution=args.resolution, views=args.views,
                            num_points=2048 if args.points is None else args.points)
+    elif args.kind == "video":
+        from .data.synthetic_videos import synth_videos
+        paths = synth_videos(args.out_dir, num=args.num, frames=args.frames, resolution=args.resolution,
+                             seed=args.seed, overwrite=args.overwrite, split_val=args.test or None)
     else:  # pragma: no cover - argparse restricts the choices
         raise ConfigError(f"unknown synth kind {args.kind}")
     _log(f"wrote {len(paths)} {args.kind} files under {args.out_dir}")
@@ -185,6 +189,10 @@ def cmd_reconstruct(args) -> int:
     if ae.domain == "nerf":
         from .domains.nerf import reconstruct_nerf_command
         return reconstruct_nerf_command(ae, args, log=_log)
+    if ae.domain == "video":
+        from .domains.video import reconstruct_videos_command
+        _check_options(args, "frames")
+        return reconstruct_videos_command(ae, args, log=_log)
     if ae.domain != "image":
         raise ConfigError(f"reconstruct for the {ae.domain} domain is not available yet")
     out = Path(args.out)
@@ -209,7 +217,7 @@ def cmd_reconstruct(args) -> int:
 
 def cmd_sample(args) -> int:
     from .stage2 import sample_command
-    _check_options(args, "num", "resolution", "steps", "batch_size")
+    _check_options(args, "num", "resolution", "steps", "batch_size", "frames")
     _torch_threads()
     return sample_command(args, log=_log)
 
@@ -243,12 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("synth", help="write a synthetic dataset")
-    s.add_argument("kind", choices=["image", "shapes", "nerf"])
+    s.add_argument("kind", choices=["image", "shapes", "nerf", "video"])
     s.add_argument("out_dir")
     s.add_argument("--num", type=int, default=1000)
     s.add_argument("--resolution", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--test", type=int, default=0, help="also write this many test items")
+    s.add_argument("--test", type=int, default=0,
+                   help="also write this many test items (video: val videos, default num // 8, at least 1)")
+    s.add_argument("--frames", type=int, default=16, help="video: frames per video")
     s.add_argument("--points", type=int, default=None,
                    help="shapes: query points and surface points per shape (default 30k; ONet's files hold "
                    "100k; training draws 2048 + 3000 per step); nerf: coloured points per object (default 2048)")
@@ -264,13 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("reconstruct", help="encode images (point clouds for shapes, srn-cars .npz objects "
-                       "for NeRF) and render them at any resolution (meshes: grid resolution)")
+                       "for NeRF, video files or frame folders for video) and render them at any resolution "
+                       "(meshes: grid resolution; videos: also any --frames)")
     s.add_argument("run_dir")
     s.add_argument("inputs", nargs="+")
     s.add_argument("--out", required=True)
     s.add_argument("--resolution", type=int, default=None)
     s.add_argument("--views", type=int, default=8,
                    help="nerf: how many of each object's views to render (evenly spaced), with PSNR")
+    s.add_argument("--frames", type=int, action="append", default=None,
+                   help="video: frame count to render (continuous time; default the training clip length)")
     s.add_argument("--normalize", action="store_true",
                    help="shapes: centre each point cloud and scale its longest side to 1 first")
     s.add_argument("--overwrite", action="store_true")
@@ -282,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--resolution", type=int, action="append", default=None,
                    help="render size, or mesh grid resolution for shapes (default 128); repeat for several")
+    s.add_argument("--frames", type=int, action="append", default=None,
+                   help="video: frame count to render (continuous time: any count, e.g. 2x the "
+                   "training clip length); repeat for several")
     s.add_argument("--sampler", default=None)
     s.add_argument("--steps", type=int, default=None)
     s.add_argument("--eta", type=float, default=0.0)

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
 
-DOMAINS = ("image", "occupancy", "nerf")
+DOMAINS = ("image", "occupancy", "nerf", "video")
 GAN_DOMAINS = ("image",)
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp2m")
 
@@ -127,6 +127,28 @@ class NeRFConfig:
 
 
 @dataclass
+class VideoConfig:
+    """The video domain: clip length, the TimeSformer encoder and its axis collapsers, the
+    cross-plane attention of the plane decoder and of the tri-plane UNet (spec 3.4, 5.2). The
+    TimeSformer patch is the decoder's upsampling factor ``2 ** (len(vae.ch_mult) - 1)``."""
+
+    frames: int = 16                   # frames per training clip (a random window of a video)
+    fps: int = 8                       # frame rate of the written MP4 / GIF files
+    enc_dim: int = 384                 # TimeSformer width
+    enc_depth: int = 8
+    enc_heads: int = 8
+    enc_head_dim: int = 64
+    enc_ff_mult: int = 4               # GEGLU feed-forward expansion
+    collapse_depth: int = 4            # the three axis-collapsing ViTs
+    collapse_heads: int = 4
+    collapse_head_dim: int = 48
+    collapse_mlp: int = 512
+    cross_heads: int = 8               # decoder cross-plane attention heads
+    cross_expand: bool = True          # each head has the full channel width (official *-expand)
+    unet_cross_heads: int = 16         # tri-plane UNet: 1-D attention heads across the planes
+
+
+@dataclass
 class TrainConfig:
     steps: int = 1000                  # optimiser steps
     batch_size: int = 8                # per process, per micro-batch
@@ -199,6 +221,7 @@ class DDMIConfig:
     mlp: MLPConfig = field(default_factory=MLPConfig)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     nerf: NeRFConfig = field(default_factory=NeRFConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
     gan: GANConfig = field(default_factory=GANConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -337,6 +360,18 @@ def validate(cfg: DictConfig) -> None:
         check(nc.multires >= 0 and nc.multires_views >= 0, "nerf.multires", "must be >= 0")
         check(nc.pointnet_blocks >= 1 and nc.pointnet_hidden > 0 and nc.pointnet_channels > 0,
               "nerf.pointnet_blocks", "PointNet sizes must be positive")
+    if cfg.domain == "video":
+        vc = cfg.video
+        check(vc.frames >= 1, "video.frames", "must be >= 1")
+        check(vc.fps >= 1, "video.fps", "must be >= 1")
+        check(vc.enc_head_dim % 4 == 0, "video.enc_head_dim", "must be a multiple of 4 (axial rotary embedding)")
+        for key in ("enc_dim", "enc_depth", "enc_heads", "collapse_depth", "collapse_heads",
+                    "collapse_head_dim", "collapse_mlp", "cross_heads", "unet_cross_heads", "enc_ff_mult"):
+            check(vc[key] >= 1, f"video.{key}", "must be >= 1")
+        uf = 2 ** (len(cfg.ldm.unet.channel_mult) - 1)
+        check(vc.frames % uf == 0 and (cfg.data.resolution // f) % uf == 0, "ldm.unet.channel_mult",
+              f"the tri-plane UNet downsamples by {uf}: video.frames ({vc.frames}) and the latent size "
+              f"({cfg.data.resolution // f}) must be multiples of it")
     for section in ("train", "ldm_train"):
         t = cfg[section]
         check(t.steps > 0, f"{section}.steps", "must be > 0")

@@ -16,11 +16,16 @@ from .nn.unet import UNet
 def build_denoiser(cfg: DictConfig, latent_shape: tuple[int, ...]) -> UNet:
     u = cfg.ldm.unet
     c = latent_shape[0]
-    return UNet(in_channels=c, out_channels=c, model_channels=u.model_channels,
-                channel_mult=tuple(u.channel_mult), num_res_blocks=u.num_res_blocks,
-                attention_resolutions=tuple(u.attention_resolutions),
-                num_head_channels=u.num_head_channels, dropout=u.dropout,
-                norm_groups=min(32, u.model_channels))
+    kw = dict(in_channels=c, out_channels=c, model_channels=u.model_channels,
+              channel_mult=tuple(u.channel_mult), num_res_blocks=u.num_res_blocks,
+              attention_resolutions=tuple(u.attention_resolutions),
+              num_head_channels=u.num_head_channels, dropout=u.dropout,
+              norm_groups=min(32, u.model_channels))
+    if cfg.domain == "video":   # (B, C, N) tokens of three planes: the tri-plane UNet
+        from .nn.triplane_unet import TriplaneUNet
+        from .video_model import video_spec
+        return TriplaneUNet(plane_shapes=video_spec(cfg).plane_shapes(), cross_heads=cfg.video.unet_cross_heads, **kw)
+    return UNet(**kw)
 
 
 def build_diffusion(cfg: DictConfig, latent_shape: tuple[int, ...], latent_scale=1.0,

@@ -142,7 +142,14 @@ def _nerf(cfg: DictConfig) -> nn.Module:
     return NeRFAutoencoder(cfg)
 
 
-AUTOENCODERS = {"image": ImageAutoencoder, "occupancy": _occupancy, "nerf": _nerf}
+
+def _video(cfg: DictConfig) -> nn.Module:
+    from .video_model import VideoAutoencoder
+    return VideoAutoencoder(cfg)
+
+
+
+AUTOENCODERS = {"image": ImageAutoencoder, "occupancy": _occupancy, "nerf": _nerf, "video": _video}
 
 
 def build_autoencoder(cfg: DictConfig) -> nn.Module:

@@ -145,6 +145,40 @@ class OccupancyVAETask(VAETask):
         return [write_png(path, preview_sheet(meshes, half_extent=ae.half_extent))]
 
 
+class VideoVAETask(VAETask):
+    """Stage 1 of the video domain: random ``video.frames``-frame windows of the videos under
+    ``data.dir`` (frame folders or video files), L1 + KL + SN (+ LPIPS on one frame per clip)."""
+
+    def __init__(self, cfg: DictConfig, *, log=print):
+        from .data.videos import VideoFolderDataset
+        if cfg.data.dir is None:
+            raise ConfigError("no training data: set data.dir=FOLDER (frame folders; see `ddmi synth video`)")
+        self.cfg = cfg
+        kw = dict(frames=cfg.video.frames, resolution=cfg.data.resolution, seed=cfg.seed, log=log)
+        self.dataset = VideoFolderDataset(cfg.data.dir, split="train", **kw)
+        self.num_workers = cfg.data.num_workers
+        self.autoencoder = build_autoencoder(cfg)
+        self.module = _Forward(self.autoencoder, load_perceptual(cfg, log), cfg.loss.lpips_weight)
+        try:  # held-out videos for the reconstruction previews, if there are any
+            preview = VideoFolderDataset(cfg.data.test_dir or cfg.data.dir, split="val", **kw)
+        except DataError:
+            preview = self.dataset
+        self.preview = torch.stack([preview[i] for i in range(min(4, len(preview)))])
+
+    def write_samples(self, step: int, folder: Path) -> list[Path]:
+        """Rows: each preview clip, then its reconstruction at 2x the frame count (every other
+        column is an in-between frame) shown at the same size."""
+        from .render.video import contact_sheet
+        ae = self.autoencoder
+        device = next(ae.parameters()).device
+        x = self.preview.to(device)
+        rec = ae.render(ae.encode(x).mode(), ae.resolution, 2 * ae.frames)
+        x2 = x.repeat_interleave(2, dim=2)
+        rows = torch.stack([x2, rec], dim=1).flatten(0, 1)
+        path = folder / f"recon-step{step:07d}.png"
+        return [contact_sheet(rows.cpu(), path)]
+
+
 def make_vae_task(cfg: DictConfig, *, log=print) -> VAETask:
     """The stage-1 task of ``cfg.domain`` (adversarial when ``gan.enabled``), initialised from the
     VAE run ``cfg.init`` when given (weights only; a resumed checkpoint overrides them)."""
@@ -153,6 +187,8 @@ def make_vae_task(cfg: DictConfig, *, log=print) -> VAETask:
     elif cfg.domain == "nerf":
         from .domains.nerf import make_nerf_vae_task
         task = make_nerf_vae_task(cfg, log=log)
+    elif cfg.domain == "video":
+        task = VideoVAETask(cfg, log=log)
     elif cfg.gan.enabled:
         from .gan import AdversarialVAETask
         task = AdversarialVAETask(cfg, log=log)

@@ -184,6 +184,9 @@ class LDMTask(Task):
         z = diffusion_sample(self.ema.model, self.fixed_noise.shape, sampler=self.cfg.ldm.sampler,
                              steps=self.cfg.ldm.sample_steps, noise=self.fixed_noise.to(device))
         path = folder / f"samples-step{step:07d}.png"
+        if self.ae.domain == "video":
+            from .render.video import contact_sheet
+            return [contact_sheet(self.ae.to(device).render(z[:8]).cpu(), path)]
         if self.ae.domain == "occupancy":
             from .domains.occupancy import extract_meshes, preview_sheet
             from .render.mesh import write_png
@@ -209,6 +212,10 @@ def encoder_dataset(cfg: DictConfig) -> Dataset:
     if cfg.domain == "nerf":
         from .domains.nerf import nerf_dataset
         return nerf_dataset(cfg, "train", num_rays=0)
+    if cfg.domain == "video":
+        from .data.videos import VideoFolderDataset
+        return VideoFolderDataset(cfg.data.dir, split="train", frames=cfg.video.frames,
+                                  resolution=cfg.data.resolution, seed=cfg.seed)
     return ImageFolderDataset(cfg.data.dir, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
 
 
@@ -289,6 +296,9 @@ def sample_command(args, log=print) -> int:
     if ae.domain == "nerf":
         from .domains.nerf import sample_nerf_command
         return sample_nerf_command(args, ae, diffusion, cfg, log=log)
+    if ae.domain == "video":
+        from .domains.video import sample_videos_command
+        return sample_videos_command(args, ae, diffusion, cfg, log=log)
     sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     resolutions = args.resolution or [ae.resolution]
     out = Path(args.out)

@@ -1,0 +1,99 @@
+"""Video writers: MP4 (PyAV, H.264), animated GIF (Pillow), frame folders and contact sheets.
+
+Every writer takes ``(T, H, W, 3)`` uint8 frames (or a ``(3, T, H, W)`` float clip in [-1, 1],
+converted with :func:`clip_to_uint8`) and writes atomically: a temporary file in the destination
+folder, then :func:`os.replace`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.images import save_grid, save_image
+from ..errors import MissingDependencyError
+
+
+def clip_to_uint8(clip) -> np.ndarray:
+    """``(3, T, H, W)`` float in [-1, 1] (tensor or array) or ``(T, H, W, 3)`` uint8 -> uint8 THWC."""
+    if isinstance(clip, torch.Tensor):
+        clip = clip.detach().float().cpu().numpy()
+    clip = np.asarray(clip)
+    if clip.dtype == np.uint8:
+        assert clip.ndim == 4 and clip.shape[-1] == 3, f"expected (T, H, W, 3) uint8, got {clip.shape}"
+        return clip
+    assert clip.ndim == 4 and clip.shape[0] == 3, f"expected a (3, T, H, W) clip, got {clip.shape}"
+    x = np.clip(np.floor((clip + 1.0) * 127.5 + 0.5), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(x.transpose(1, 2, 3, 0))
+
+
+def _tmp(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+
+
+def write_gif(clip, path, *, fps: int = 8) -> Path:
+    """An endlessly looping animated GIF."""
+    from PIL import Image
+    frames = clip_to_uint8(clip)
+    path = Path(path)
+    tmp = _tmp(path)
+    images = [Image.fromarray(f) for f in frames]
+    try:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                       duration=max(1, round(1000 / fps)), loop=0, optimize=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_mp4(clip, path, *, fps: int = 8, crf: int = 18) -> Path:
+    """An H.264 MP4 (yuv420p; odd sizes are padded by repeating the last row / column)."""
+    try:
+        import av
+    except ImportError:
+        raise MissingDependencyError("writing MP4 needs PyAV: pip install 'ddmi[video]'") from None
+    frames = clip_to_uint8(clip)
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    path = Path(path)
+    tmp = _tmp(path)
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+            stream = container.add_stream(codec, rate=int(fps))
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.pix_fmt = "yuv420p"
+            if codec == "libx264":
+                stream.options = {"crf": str(crf)}
+            for f in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_frames(clip, folder) -> list[Path]:
+    """``folder/frame00000.png ...`` (the frame-folder layout the loader and FVD read)."""
+    frames = clip_to_uint8(clip)
+    return [save_image(f, Path(folder) / f"frame{i:05d}.png") for i, f in enumerate(frames)]
+
+
+def contact_sheet(clips: torch.Tensor, path, *, max_frames: int | None = None) -> Path:
+    """One row per clip of ``clips (B, 3, T, H, W)``, one column per frame (every frame, or
+    ``max_frames`` evenly spaced ones)."""
+    b, c, t = clips.shape[:3]
+    idx = torch.arange(t) if not max_frames or t <= max_frames else \
+        torch.linspace(0, t - 1, max_frames).round().long()
+    tiles = clips[:, :, idx].permute(0, 2, 1, 3, 4).reshape(b * len(idx), c, *clips.shape[-2:])
+    return save_grid(tiles.float().cpu(), path, nrow=len(idx))
