@@ -26,7 +26,7 @@ def _run(argv: list[str]) -> None:
 
 def run_demo(out: Path, *, quick: bool = False, log=print) -> int:
     plan = QUICK if quick else FULL
-    out = Path(out)
+    out = Path(out).resolve()  # run folders record absolute data paths: usable from anywhere
     data = out / "data"
     vae, ldm = out / "runs" / "vae", out / "runs" / "ldm"
     progress = [] if not quick else ["--no-progress"]
