@@ -134,20 +134,12 @@ def ldm_sample_sheet(ae, z: torch.Tensor, path: Path) -> Path:
 def sample_nerf_command(args, ae, diffusion, cfg, log=print) -> int:
     """``ddmi sample`` for a NeRF run: per sample and resolution, a turntable of PNG frames and
     an animated GIF, plus one sheet of every sample's turntable per resolution."""
-    from ..ldm import slerp
     from ..render.mesh import write_png
-    from ..stage2 import _check_free, generate_latents, noise_for
-    sampler = args.sampler or cfg.ldm.sampler
-    steps = args.steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
+    from ..stage2 import _check_free, generate_latents, sampling_plan
+    sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     resolutions = args.resolution or [128]
     out = Path(args.out)
-    if args.interpolate:
-        a, b = noise_for(args.seed, 0, ae.latent_shape), noise_for(args.seed + 1, 0, ae.latent_shape)
-        noises = torch.stack([slerp(a, b, float(t)) for t in np.linspace(0, 1, max(2, args.num))])
-        prefix = "interpolation"
-    else:
-        noises = torch.stack([noise_for(args.seed, i, ae.latent_shape) for i in range(args.num)])
-        prefix = "sample"
+    prefix = "interpolation" if args.interpolate else "sample"
     poses = turntable(ae)
     stems = {r: [f"{prefix}_{i:05d}_{r}" for i in range(len(noises))] for r in resolutions}
     targets = [out / f"{s}.gif" for r in resolutions for s in stems[r]]
@@ -180,7 +172,7 @@ def reconstruct_nerf_command(ae, args, log=print) -> int:
     from ..render.mesh import write_png
     out = Path(args.out)
     nviews = getattr(args, "views", None) or 8
-    results, rows = {}, []
+    results = {}
     stems = [Path(p).stem for p in args.inputs]
     if len(set(stems)) < len(stems):
         stems = [f"{i:04d}_{s}" for i, s in enumerate(stems)]

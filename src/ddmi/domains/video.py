@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ..errors import ConfigError, DDMIError
+from ..errors import DDMIError
 from ..render import video as vio
 
 
@@ -67,20 +66,10 @@ def _check_free(paths: list[Path], overwrite: bool) -> None:
 
 def sample_videos_command(args, ae, diffusion, cfg, log=print) -> int:
     """``ddmi sample`` for a video run (module docstring)."""
-    from ..ldm import slerp
-    from ..stage2 import generate_latents, noise_for
-    sampler = args.sampler or cfg.ldm.sampler
-    steps = args.steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
-    if args.num < 1:
-        raise ConfigError("--num must be >= 1")
+    from ..stage2 import generate_latents, sampling_plan
+    sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     out = Path(args.out)
-    if args.interpolate:
-        a, b = noise_for(args.seed, 0, ae.latent_shape), noise_for(args.seed + 1, 0, ae.latent_shape)
-        noises = torch.stack([slerp(a, b, float(t)) for t in np.linspace(0, 1, max(2, args.num))])
-        prefix = "interpolation"
-    else:
-        noises = torch.stack([noise_for(args.seed, i, ae.latent_shape) for i in range(args.num)])
-        prefix = "sample"
+    prefix = "interpolation" if args.interpolate else "sample"
     sizes = _sizes(args, ae)
     stems = {s: [f"{prefix}_{i:05d}_{s[0]}x{s[1]}" for i in range(len(noises))] for s in sizes}
     targets = [out / f"{st}.gif" for s in sizes for st in stems[s]] + [out / f"sheet_{r}x{f}.png" for r, f in sizes]
