@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DDMIError
 from ..render import video as vio
 
 
@@ -55,18 +54,9 @@ def _sizes(args, ae) -> list[tuple[int, int]]:
     return [(r, f) for r in resolutions for f in frame_counts]
 
 
-def _check_free(paths: list[Path], overwrite: bool) -> None:
-    if overwrite:
-        return
-    taken = [p for p in paths if p.exists()]
-    if taken:
-        raise DDMIError(f"{taken[0]} exists ({len(taken)} outputs would be overwritten); "
-                        "pass --overwrite or choose another --out")
-
-
 def sample_videos_command(args, ae, diffusion, cfg, log=print) -> int:
     """``ddmi sample`` for a video run (module docstring)."""
-    from ..stage2 import generate_latents, sampling_plan
+    from ..stage2 import _check_free, generate_latents, sampling_plan
     sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     out = Path(args.out)
     prefix = "interpolation" if args.interpolate else "sample"
@@ -89,6 +79,7 @@ def reconstruct_videos_command(ae, args, log=print) -> int:
     """``ddmi reconstruct`` for a video run: video files or frame folders -> reconstructed clips
     (the first ``video.frames`` frames of each input) at ``--resolution`` and ``--frames``."""
     from ..data.videos import load_clip
+    from ..stage2 import _check_free
     out = Path(args.out)
     sizes = _sizes(args, ae)
     stems = []
