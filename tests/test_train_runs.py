@@ -30,7 +30,10 @@ def test_run_folder_is_self_describing(vae_run):
     assert (vae_run / "config.yaml").is_file() and (vae_run / "run.yaml").is_file()
     names = [p.name for p in ckpt.list_checkpoints(vae_run)]
     assert names == ["step-00000002", "step-00000004"]
-    assert [m["step"] for m in metrics(vae_run)] == [1, 2, 3, 4]
+    records = metrics(vae_run)
+    assert [m["step"] for m in records if "lr" in m] == [1, 2, 3, 4]
+    # the held-out metric is logged once, at the end (no sample_every)
+    assert [(m["step"], 0 < m["eval/psnr"] < 60) for m in records if "eval/psnr" in m] == [(4, True)]
     assert list((vae_run / "samples").glob("recon-*.png"))
     state = ckpt.load_state(ckpt.latest_checkpoint(vae_run))
     assert state["step"] == 4 and "optimizer" in state

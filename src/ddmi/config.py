@@ -163,6 +163,7 @@ class TrainConfig:
     mixed_precision: str = "no"        # no | fp16 | bf16 (GPU only; CPU always runs fp32)
     log_every: int = 10
     sample_every: int = 0              # 0 = only at the end
+    eval_every: Optional[int] = None   # cheap held-out metric: None = with the samples; 0 = off
     save_every: int = 500
     keep_checkpoints: int = 2
     max_nonfinite: int = 5             # consecutive non-finite steps tolerated before stopping
@@ -383,6 +384,7 @@ def validate(cfg: DictConfig) -> None:
         check(t.save_every > 0, f"{section}.save_every", "must be > 0")
         check(t.log_every > 0, f"{section}.log_every", "must be > 0")
         check(t.sample_every >= 0, f"{section}.sample_every", "must be >= 0")
+        check(t.eval_every is None or t.eval_every >= 0, f"{section}.eval_every", "must be >= 0 (or null)")
         check(t.keep_checkpoints >= 1, f"{section}.keep_checkpoints", "must be >= 1")
     check(cfg.ldm.sampler in SAMPLER_NAMES, "ldm.sampler",
           f"'{cfg.ldm.sampler}' is not one of {', '.join(SAMPLER_NAMES)}")

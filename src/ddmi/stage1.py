@@ -109,6 +109,15 @@ class VAETask(Task):
         save_grid(grid, path, nrow=len(x))
         return [path]
 
+    def evaluate(self) -> dict[str, float]:
+        """``psnr``: reconstructions (posterior mean) of the preview images at R, in dB."""
+        from .domains.image import resize
+        from .metrics.image_quality import psnr
+        ae = self.autoencoder
+        x = resize(self.preview.to(next(ae.parameters()).device), self.cfg.data.resolution)
+        rec = ae.render(ae.encode(x).mode(), self.cfg.data.resolution).clamp(-1, 1)
+        return {"psnr": float(psnr(rec, x).mean())}
+
 
 class OccupancyVAETask(VAETask):
     """Stage 1 of the occupancy domain: ONet-layout shapes (``data.dir``), BCE + KL + SN."""
@@ -144,6 +153,15 @@ class OccupancyVAETask(VAETask):
         path = folder / f"recon-step{step:07d}.png"
         return [write_png(path, preview_sheet(meshes, half_extent=ae.half_extent))]
 
+    def evaluate(self) -> dict[str, float]:
+        """``iou``: occupancy IoU of the preview shapes' reconstructions at their query points."""
+        from .data.shapes import split_item
+        from .occupancy_model import occupancy_iou
+        ae = self.autoencoder
+        points, queries, occ = split_item(self.preview.to(next(ae.parameters()).device), ae.num_points)
+        logits = ae.decode(ae.encode(points).mode()).query(ae.normalize(queries))[..., 0]
+        return {"iou": float(occupancy_iou(logits, occ, ae.threshold_logit))}
+
 
 class VideoVAETask(VAETask):
     """Stage 1 of the video domain: random ``video.frames``-frame windows of the videos under
@@ -177,6 +195,14 @@ class VideoVAETask(VAETask):
         rows = torch.stack([x2, rec], dim=1).flatten(0, 1)
         path = folder / f"recon-step{step:07d}.png"
         return [contact_sheet(rows.cpu(), path)]
+
+    def evaluate(self) -> dict[str, float]:
+        """``psnr``: reconstructions (posterior mean) of the preview clips, over all frames, in dB."""
+        from .metrics.image_quality import psnr
+        ae = self.autoencoder
+        x = self.preview.to(next(ae.parameters()).device)
+        rec = ae.render(ae.encode(x).mode(), ae.resolution, ae.frames).clamp(-1, 1)
+        return {"psnr": float(psnr(rec, x).mean())}
 
 
 def make_vae_task(cfg: DictConfig, *, log=print) -> VAETask:

@@ -155,6 +155,11 @@ class LDMTask(Task):
         self.ema = EMA(self.diffusion, beta=cfg.ldm.ema_decay, update_every=cfg.ldm.ema_every,
                        update_after_step=cfg.ldm.ema_after)
         self.fixed_noise = torch.randn((16, *self.latent_shape), generator=torch.Generator().manual_seed(1234))
+        k = min(64, len(self.dataset))           # fixed probe of the denoising loss (evaluate)
+        g = torch.Generator().manual_seed(4321)
+        self.probe_z0 = self.dataset.stats[:k, 0, 0]
+        self.probe_t = torch.linspace(0, self.diffusion.num_steps - 1, k).round().long()
+        self.probe_eps = torch.randn(self.probe_z0.shape, generator=g)
 
     def parameters(self):
         return [p for p in self.diffusion.parameters() if p.requires_grad]
@@ -199,6 +204,21 @@ class LDMTask(Task):
         r = self.ae.resolution
         save_grid(self.ae.render(z, 2 * r).cpu(), path, nrow=8)
         return [path]
+
+    def evaluate(self) -> dict[str, float]:
+        """``ema_loss``: the EMA model's epsilon-MSE on a fixed probe (posterior means of up to 64
+        training items, timesteps spread evenly over [0, T), fixed noise): unlike the logged
+        training loss it is free of batch noise, so its curve shows real progress."""
+        d = self.ema.model
+        device = next(d.parameters()).device
+        t, eps = self.probe_t.to(device), self.probe_eps.to(device)
+        z0 = self.probe_z0.to(device)
+        total = 0.0
+        for i in range(0, len(t), 16):
+            part = slice(i, i + 16)
+            x_t = d.q_sample(d.normalize(z0[part]), t[part], eps[part])
+            total += float((d.predict_eps(x_t, t[part]).float() - eps[part]).square().mean()) * len(t[part])
+        return {"ema_loss": total / len(t)}
 
 
 def encoder_dataset(cfg: DictConfig) -> Dataset:

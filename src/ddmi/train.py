@@ -73,6 +73,11 @@ class Task:
     def write_samples(self, step: int, folder: Path) -> list[Path]:
         return []
 
+    def evaluate(self) -> dict[str, float]:
+        """Cheap held-out metrics (a few examples, seconds on a CPU), logged periodically;
+        called on the main process in eval mode under ``torch.inference_mode``."""
+        return {}
+
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.module.parameters() if p.requires_grad]
 
@@ -269,6 +274,19 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
                 task.write_samples(step, samples_dir)
             task.module.train()
 
+    eval_every = tc.sample_every if tc.get("eval_every") is None else tc.eval_every
+
+    def evaluate(step: int) -> None:
+        if main:
+            task.module.eval()
+            with torch.inference_mode():
+                scalars = task.evaluate()
+            task.module.train()
+            if scalars:
+                logger.write(step, {f"eval/{k}": v for k, v in scalars.items()})
+                text = ", ".join(f"{k} {v:.4g}" for k, v in scalars.items())
+                (bar.write if bar is not None else log)(f"step {step}: {text}")
+
     bar = None
     if main and progress:
         from tqdm.auto import tqdm
@@ -337,6 +355,8 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
                 logger.write(step, last_logs)
             if tc.sample_every and step % tc.sample_every == 0 and step < tc.steps:
                 samples(step)
+            if eval_every and step % eval_every == 0 and step < tc.steps:
+                evaluate(step)
             if step % tc.save_every == 0 or step == tc.steps:
                 save(step)
             if interrupt.requested or (stop_after is not None and step >= stop_after):
@@ -350,6 +370,8 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
         bar.close()
     if step >= tc.steps and not interrupted:
         samples(step)
+        if tc.get("eval_every") != 0:
+            evaluate(step)
     logger.close()
     acc.wait_for_everyone()
     return TrainResult(step=step, interrupted=interrupted, last_logs=last_logs)

@@ -97,23 +97,34 @@ class NeRFVAETask(VAETask):
         except DataError:
             self.preview_set = nerf_dataset(cfg, "train", num_rays=0)
 
+    def _preview_views(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Preview object ``i``: 3 of its views (at most 64 px) rendered from its encoded point
+        cloud, and the ground truth: ``(pred, gt)``, each ``(3, 3, R, R)`` in [0, 1] on the CPU."""
+        ae = self.autoencoder
+        s = self.preview_set.scene(i)
+        views = np.linspace(0, len(s["poses"]) - 1, 3).round().astype(int)
+        res = min(64, s["images"].shape[1])
+        points = self.preview_set[i][None, :ae.num_points, :6].to(next(ae.parameters()).device)
+        pred = render_latents(ae, ae.encode(points).mode(), torch.from_numpy(s["poses"][views]), res)[0]
+        gt = torch.nn.functional.interpolate(torch.from_numpy(s["images"][views].astype(np.float32))
+                                             .permute(0, 3, 1, 2), size=(res, res), mode="area")
+        return pred.float().cpu().clamp(0, 1), gt
+
     def write_samples(self, step: int, folder: Path) -> list[Path]:
         """One row per held-out object (up to 4): 3 ground-truth views, then their renderings."""
         from ..render.mesh import write_png
-        ae = self.autoencoder
-        device = next(ae.parameters()).device
         rows = []
         for i in range(min(4, len(self.preview_set))):
-            s = self.preview_set.scene(i)
-            views = np.linspace(0, len(s["poses"]) - 1, 3).round().astype(int)
-            res = min(64, s["images"].shape[1])
-            points = self.preview_set[i][None, :ae.num_points, :6].to(device)
-            pred = render_latents(ae, ae.encode(points).mode(), torch.from_numpy(s["poses"][views]), res)[0]
-            gt = torch.nn.functional.interpolate(torch.from_numpy(s["images"][views].astype(np.float32))
-                                                 .permute(0, 3, 1, 2), size=(res, res), mode="area")
+            pred, gt = self._preview_views(i)
             rows.append(np.concatenate([to_uint8(gt), to_uint8(pred)]))
         path = folder / f"recon-step{step:07d}.png"
         return [write_png(path, sheet(rows))]
+
+    def evaluate(self) -> dict[str, float]:
+        """``psnr``: the preview renderings of :meth:`write_samples` against the ground truth, in dB."""
+        from ..metrics.image_quality import psnr
+        scores = [psnr(*self._preview_views(i), data_range=1.0) for i in range(min(4, len(self.preview_set)))]
+        return {"psnr": float(torch.cat(scores).mean())}
 
 
 def make_nerf_vae_task(cfg: DictConfig, *, log=print) -> NeRFVAETask:
