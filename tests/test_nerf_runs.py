@@ -59,6 +59,15 @@ def test_cli_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["reconstruct", str(vae), str(bad), "--out", str(tmp_path / "rec2")]) == 2
     assert str(bad) in capsys.readouterr().err
+    # ddmi eval: PSNR / SSIM of the held-out object's views; FID / KID of rendered samples
+    assert main(["eval", str(vae)]) == 0
+    got = json.loads((vae / "eval" / "psnr-ssim.json").read_text())
+    assert 3 < got["psnr"] < 60 and -1 < got["ssim"] <= 1 and got["num_recon"] == 1
+    assert "(1 objects)" in got["reference"]
+    assert main(["eval", str(ldm), "--num", "3", "--steps", "2", "--resolution", "16"]) == 0
+    got = json.loads((ldm / "eval" / "fid-kid-16.json").read_text())
+    assert got["fid"] > 0 and np.isfinite(got["kid"]) and got["num_ref_views"] == 12
+    assert len(list((ldm / "eval" / "samples-dpmpp2m2-16").glob("sample_*.png"))) == 3
 
 
 def overfit_one_scene(tmp_path, *, steps: int, resolution: int = 32, overrides=()):

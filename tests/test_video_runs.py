@@ -94,3 +94,43 @@ def test_video_vae_resume_is_bitwise(tmp_path):
     a = load_file(str(ckpt.latest_checkpoint(tmp_path / "a") / "model.safetensors"))
     b = load_file(str(ckpt.latest_checkpoint(tmp_path / "b") / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_eval_video_runs(tmp_path, capsys):
+    """``ddmi eval`` of a video VAE run (PSNR / SSIM of held-out clips) and of an LDM run (FVD and
+    rFVD with a randomly initialised I3D file, so the whole path runs without the real weights)."""
+    import json
+
+    import torch
+
+    from ddmi.metrics.fvd import InceptionI3d
+
+    data, vae, ldm = tmp_path / "data", tmp_path / "vae", tmp_path / "ldm"
+    assert main(["synth", "video", str(data), "--num", "4", "--frames", "10", "--resolution", "32", "--seed", "2"]) == 0
+    clip = ["video.frames=10", *FAST]            # I3D needs at least 9 frames
+    assert main(["train", "vae", "video-tiny", f"data.dir={data}", f"run_dir={vae}", "train.steps=2", *clip]) == 0
+    assert main(["eval", str(vae)]) == 0
+    out = json.loads((vae / "eval" / "psnr-ssim-32.json").read_text())
+    assert 5 < out["psnr"] < 60 and 0 < out["ssim"] <= 1 and out["num_recon"] == 1   # the one val video
+    assert out["recon_folder"].endswith("val")
+
+    assert main(["train", "ldm", "video-tiny", f"vae={vae}", f"run_dir={ldm}", "train.steps=2", *clip]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(ldm), "--metric", "fvd"]) == 2               # no I3D weights: says how
+    assert "--i3d" in capsys.readouterr().err
+    assert not (ldm / "eval").exists()                                    # ... before any work
+
+    torch.manual_seed(0)
+    i3d = InceptionI3d()
+    for m in i3d.modules():       # He init keeps the random features informative (see test_metrics_fvd)
+        if isinstance(m, torch.nn.Conv3d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    torch.save(i3d.state_dict(), tmp_path / "i3d.pt")
+    i3d_file = str(tmp_path / "i3d.pt")
+    assert main(["eval", str(ldm), "--metric", "rfvd", "--i3d", i3d_file]) == 2      # 1 held-out clip
+    assert "at least 2 clips" in capsys.readouterr().err
+    assert main(["eval", str(ldm), "--metric", "fvd", "--metric", "rfvd", "--num", "3", "--steps", "2",
+                 "--ref", str(data / "train"), "--i3d", i3d_file]) == 0
+    out = json.loads((ldm / "eval" / "fvd-rfvd-32.json").read_text())
+    assert out["fvd"] > 0 and out["rfvd"] >= 0 and out["num_gen"] == 3 and out["num_ref"] == 3
+    assert len(list((ldm / "eval").glob("samples-*/sample_00002/frame*.png"))) == 10

@@ -34,10 +34,14 @@ from .metrics.fid import to_uint8
 from .errors import ConfigError, DataError
 
 RUN_METRICS = {"image": ("fid", "kid", "rfid", "psnr", "ssim"),
-               "occupancy": ("mmd-cd", "cov-cd", "1nna-cd", "iou")}
+               "occupancy": ("mmd-cd", "cov-cd", "1nna-cd", "iou"),
+               "video": ("fvd", "rfvd", "psnr", "ssim"),
+               "nerf": ("fid", "kid", "psnr", "ssim")}
 DEFAULT_RUN_METRICS = {("image", "ldm"): ("fid", "kid"), ("image", "vae"): ("rfid", "psnr", "ssim"),
-                       ("occupancy", "ldm"): ("mmd-cd", "cov-cd", "1nna-cd"), ("occupancy", "vae"): ("iou",)}
-GENERATION_METRICS = {"fid", "kid", "mmd-cd", "cov-cd", "1nna-cd"}
+                       ("occupancy", "ldm"): ("mmd-cd", "cov-cd", "1nna-cd"), ("occupancy", "vae"): ("iou",),
+                       ("video", "ldm"): ("fvd",), ("video", "vae"): ("psnr", "ssim"),
+                       ("nerf", "ldm"): ("fid", "kid"), ("nerf", "vae"): ("psnr", "ssim")}
+GENERATION_METRICS = {"fid", "kid", "fvd", "mmd-cd", "cov-cd", "1nna-cd"}
 
 
 def _images_uint8(dataset, *, num: int | None, resolution: int, seed: int, batch_size: int):
@@ -74,8 +78,25 @@ def _reference_features(cfg, folder: str, resolution: int, num, seed, extractor,
     return feats
 
 
+def generate(run_dir: Path, ae, cfg, *, num: int, sampler: str | None, steps: int | None, batch_size: int,
+             seed: int) -> tuple[torch.Tensor, str, int | None]:
+    """``num`` latents sampled with the run's EMA denoiser (the seeds of ``ddmi sample --seed``):
+    ``(z, sampler, steps)`` (the sampler and step count actually used)."""
+    from .ldm import load_diffusion
+    from .stage2 import generate_latents, noise_for
+    sampler = sampler or cfg.ldm.sampler
+    steps = steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
+    diffusion = load_diffusion(run_dir, ae.latent_shape, ema=True)
+    noises = torch.stack([noise_for(seed, i, ae.latent_shape) for i in range(num)])
+    with torch.inference_mode():
+        z = generate_latents(diffusion, ae.latent_shape, noises, sampler=sampler, steps=steps,
+                             batch_size=batch_size)
+    return z, sampler, steps
+
+
 def evaluate_run(run_dir: Path, *, metrics, num: int | None, resolution: int | None, sampler: str | None,
-                 steps: int | None, batch_size: int, ref: str | None, seed: int = 0, log=print) -> dict:
+                 steps: int | None, batch_size: int, ref: str | None, seed: int = 0, i3d=None,
+                 log=print) -> dict:
     from .api import load_autoencoder
     from .data.images import ImageFolderDataset, save_image
     from .metrics.fid import features_from_batches, fid_from_features
@@ -98,6 +119,14 @@ def evaluate_run(run_dir: Path, *, metrics, num: int | None, resolution: int | N
     if cfg.domain == "occupancy":
         return evaluate_shapes_run(run_dir, cfg, metrics=metrics, num=num, resolution=resolution,
                                    sampler=sampler, steps=steps, batch_size=batch_size, ref=ref, seed=seed, log=log)
+    if cfg.domain == "video":
+        from .domains.video import evaluate_video_run
+        return evaluate_video_run(run_dir, cfg, metrics=metrics, num=num, sampler=sampler, steps=steps,
+                                  batch_size=batch_size, ref=ref, i3d=i3d, seed=seed, log=log)
+    if cfg.domain == "nerf":
+        from .domains.nerf import evaluate_nerf_run
+        return evaluate_nerf_run(run_dir, cfg, metrics=metrics, num=num, resolution=resolution, sampler=sampler,
+                                 steps=steps, batch_size=batch_size, ref=ref, seed=seed, log=log)
     ae = load_autoencoder(run_dir)
     res = resolution or ae.resolution
     eval_dir = run_dir / "eval"
@@ -108,18 +137,12 @@ def evaluate_run(run_dir: Path, *, metrics, num: int | None, resolution: int | N
         extractor = InceptionFeatures(batch_size=50)
 
     if {"fid", "kid"} & set(metrics):
-        from .ldm import load_diffusion
-        from .stage2 import generate_latents, noise_for
         num_gen = num or 1000
-        sampler = sampler or cfg.ldm.sampler
-        steps = steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
-        diffusion = load_diffusion(run_dir, ae.latent_shape, ema=True)
+        z, sampler, steps = generate(run_dir, ae, cfg, num=num_gen, sampler=sampler, steps=steps,
+                                     batch_size=batch_size, seed=seed)
         out = eval_dir / f"samples-{sampler}{steps or ''}-{res}"
-        noises = torch.stack([noise_for(seed, i, ae.latent_shape) for i in range(num_gen)])
         feats = []   # features per batch: the images themselves are not kept (10k at 256^2 = 2 GB)
         with torch.inference_mode():
-            z = generate_latents(diffusion, ae.latent_shape, noises, sampler=sampler, steps=steps,
-                                 batch_size=batch_size)
             for i in tqdm(range(0, num_gen, batch_size), desc="rendering + features", disable=None):
                 imgs = to_uint8(ae.render(z[i:i + batch_size], res))
                 for j, img in enumerate(imgs):
@@ -200,18 +223,12 @@ def evaluate_shapes_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler
         results["iou"] = float(np.mean(ious))
 
     if GENERATION_METRICS & set(metrics):
-        from .ldm import load_diffusion
-        from .stage2 import generate_latents, noise_for
         res = resolution or 128
         num_gen = num or 100
-        sampler = sampler or cfg.ldm.sampler
-        steps = steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
-        diffusion = load_diffusion(run_dir, ae.latent_shape, ema=True)
-        noises = torch.stack([noise_for(seed, i, ae.latent_shape) for i in range(num_gen)])
+        z, sampler, steps = generate(run_dir, ae, cfg, num=num_gen, sampler=sampler, steps=steps,
+                                     batch_size=batch_size, seed=seed)
         meshes = []
         with torch.inference_mode():
-            z = generate_latents(diffusion, ae.latent_shape, noises, sampler=sampler, steps=steps,
-                                 batch_size=batch_size)
             for i in range(0, num_gen, batch_size):
                 meshes += extract_meshes(ae.decode(z[i:i + batch_size]), res, threshold=ae.threshold,
                                          half_extent=ae.half_extent)
@@ -249,8 +266,8 @@ def eval_command(args, log=print) -> int:
     if (path / "run.yaml").is_file():
         results = evaluate_run(path, metrics=metrics, num=args.num, resolution=args.resolution,
                                sampler=args.sampler, steps=args.steps, batch_size=args.batch_size,
-                               ref=args.ref, log=log)
-        name = "-".join(sorted(m for ms in RUN_METRICS.values() for m in ms if m in results)) or "eval"
+                               ref=args.ref, i3d=args.i3d, log=log)
+        name = "-".join(sorted({m for ms in RUN_METRICS.values() for m in ms if m in results})) or "eval"
         suffix = f"-{results['resolution']}" if "resolution" in results else ""
         json_path = Path(args.json) if args.json else path / "eval" / f"{name}{suffix}.json"
     elif path.is_dir():

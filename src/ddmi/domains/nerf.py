@@ -227,3 +227,105 @@ def reconstruct_nerf_command(ae, args, log=print) -> int:
         "no PSNR (render at the images' own size, --resolution W, to measure it)"
     log(f"wrote renders of {len(results)} objects to {out} ({msg}; per object in psnr.json)")
     return 0
+
+
+# ------------------------------------------------------------------------------------------
+# ddmi eval
+
+
+def _reference_objects(cfg, root):
+    """The held-out objects of ``root`` (``val`` split, else ``train``), point clouds only."""
+    try:
+        return nerf_dataset(cfg, "val", num_rays=0, root=root)
+    except DataError:
+        return nerf_dataset(cfg, "train", num_rays=0, root=root)
+
+
+def _gt_views(scene: dict, views, res: int) -> torch.Tensor:
+    """Ground-truth views ``(V, 3, res, res)`` in [0, 1] (antialiased resize when ``res`` differs)."""
+    gt = torch.from_numpy(scene["images"][views].astype(np.float32)).permute(0, 3, 1, 2)
+    if gt.shape[-1] != res or gt.shape[-2] != res:
+        gt = torch.nn.functional.interpolate(gt, size=(res, res), mode="bilinear", antialias=True).clamp(0, 1)
+    return gt
+
+
+def evaluate_nerf_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler, steps, batch_size, ref,
+                      seed: int = 0, log=print) -> dict:
+    """NeRF runs. Reference objects: ``--ref`` or ``data.test_dir`` or ``data.dir`` (its ``val``
+    split, else ``train``).
+
+    * ``psnr``, ``ssim`` (VAE or LDM): up to ``--num`` reference objects encoded from their point
+      clouds (posterior mean) and rendered from 8 of their cameras (evenly spaced) at
+      ``--resolution`` (default: the images' own size), against their images.
+    * ``fid``, ``kid`` (LDM): ``--num`` (default 100) EMA samples, each rendered from 4 cameras
+      drawn at random from the reference objects' cameras, against as many reference views drawn
+      the same way, all at ``--resolution`` (default 128) and quantised to uint8.
+    """
+    from tqdm.auto import tqdm
+
+    from ..api import load_autoencoder
+    from ..evaluate import generate
+    from ..metrics.image_quality import psnr, ssim
+
+    ae = load_autoencoder(run_dir)
+    ds = _reference_objects(cfg, ref or cfg.data.test_dir or cfg.data.dir)
+    rng = np.random.default_rng(seed)
+    results: dict = {"run": str(run_dir), "reference": f"{ds.files[0].parent} ({len(ds)} objects)"}
+
+    if {"psnr", "ssim"} & set(metrics):
+        n = len(ds) if num is None else min(num, len(ds))
+        psnrs, ssims = [], []
+        with torch.inference_mode():
+            for i in tqdm(range(n), desc="reconstructing", disable=None):
+                s = ds.scene(i)
+                views = np.unique(np.linspace(0, len(s["poses"]) - 1, min(8, len(s["poses"]))).round().astype(int))
+                res = resolution or s["images"].shape[2]
+                points = ds[i][None, :ae.num_points, :6]
+                pred = render_latents(ae, ae.encode(points).mode(), torch.from_numpy(s["poses"][views]), res)[0]
+                pred = torch.from_numpy(to_uint8(pred)).permute(0, 3, 1, 2).float() / 255
+                gt = torch.from_numpy(to_uint8(_gt_views(s, views, res))).permute(0, 3, 1, 2).float() / 255
+                psnrs.append(float(psnr(pred, gt, data_range=1.0).mean()))
+                if "ssim" in metrics and res >= 11:
+                    ssims.append(float(ssim(pred, gt, data_range=1.0).mean()))
+        if "psnr" in metrics:
+            results["psnr"] = float(np.mean(psnrs))
+        if "ssim" in metrics and ssims:
+            results["ssim"] = float(np.mean(ssims))
+        results["num_recon"] = n
+
+    if {"fid", "kid"} & set(metrics):
+        from ..metrics.fid import features_from_batches, fid_from_features
+        from ..metrics.frechet import kid
+        from ..metrics.inception import InceptionFeatures
+        from ..render.mesh import write_png
+        per_object = 4
+        res = resolution or 128
+        num_gen = num or 100
+        extractor = InceptionFeatures(batch_size=50)
+
+        def draw_cameras(count):
+            objs = rng.integers(0, len(ds), count)
+            return [(int(o), int(rng.integers(0, len(ds.scene(int(o))["poses"])))) for o in objs]
+
+        z, sampler, steps = generate(run_dir, ae, cfg, num=num_gen, sampler=sampler, steps=steps,
+                                     batch_size=batch_size, seed=seed)
+        out = run_dir / "eval" / f"samples-{sampler}{steps or ''}-{res}"
+        gen_f = []
+        with torch.inference_mode():
+            for i in tqdm(range(num_gen), desc="rendering + features", disable=None):
+                cams = draw_cameras(per_object)
+                poses = torch.from_numpy(np.stack([ds.scene(o)["poses"][v] for o, v in cams]))
+                frames = to_uint8(render_latents(ae, z[i:i + 1], poses, res)[0])      # (V, R, R, 3)
+                write_png(out / f"sample_{i:05d}.png", sheet([frames]))
+                gen_f.append(features_from_batches([torch.from_numpy(frames).permute(0, 3, 1, 2)], extractor))
+        ref_imgs = [to_uint8(_gt_views(ds.scene(o), [v], res))[0] for o, v in draw_cameras(num_gen * per_object)]
+        ref_f = features_from_batches((torch.from_numpy(np.stack(ref_imgs[i:i + 50])).permute(0, 3, 1, 2)
+                                       for i in range(0, len(ref_imgs), 50)), extractor)
+        gen_f = np.concatenate(gen_f)
+        if "fid" in metrics:
+            results["fid"] = fid_from_features(gen_f, ref_f)
+        if "kid" in metrics:
+            results["kid"], results["kid_std"] = kid(gen_f, ref_f, seed=seed)
+        results.update(num_gen=num_gen, views_per_sample=per_object, num_ref_views=len(ref_f), resolution=res,
+                       sampler=sampler, steps=steps, samples=str(out))
+    return results

@@ -98,3 +98,111 @@ def reconstruct_videos_command(ae, args, log=print) -> int:
     log(f"wrote {len(clips)} reconstructed videos at {', '.join(f'{r}x{r}, {f} frames' for r, f in sizes)} "
         f"to {out} (+ inputs.png, reconstructions_*.png)")
     return 0
+
+
+# ------------------------------------------------------------------------------------------
+# ddmi eval
+
+
+def clips_uint8(clips: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, T, H, W)`` in [-1, 1] -> uint8 ``(B, T, H, W, 3)``, quantised as written frames are."""
+    import numpy as np
+    return torch.from_numpy(np.stack([vio.clip_to_uint8(c) for c in clips]))
+
+
+def _clip_set(root, split: str, ae, *, num: int | None, seed: int):
+    """A seeded subset (at most ``num``) of one fixed ``ae.frames``-frame window per video of the
+    ``split`` folder of ``root`` (``train`` falls back to ``root`` itself): ``(dataset, indices)``."""
+    import numpy as np
+
+    from ..data.videos import VideoFolderDataset
+    ds = VideoFolderDataset(root, split=split, frames=ae.frames, resolution=ae.resolution, seed=seed)
+    idx = np.arange(len(ds))
+    if num is not None and num < len(ds):
+        idx = np.sort(np.random.default_rng(seed).choice(len(ds), num, replace=False))
+    return ds, [int(i) for i in idx]
+
+
+def evaluate_video_run(run_dir: Path, cfg, *, metrics, num, sampler, steps, batch_size, ref, i3d, seed: int = 0,
+                       log=print) -> dict:
+    """Video runs, at the training size (``video.frames`` frames of ``R x R``).
+
+    * ``fvd`` (LDM): ``--num`` EMA samples (default: as many as reference clips) against one fixed
+      window per reference video: the training split (the official eval mode), or ``--ref``.
+    * ``rfvd``, ``psnr``, ``ssim`` (VAE or LDM): the held-out split (``data.test_dir``, else
+      ``val``/``test`` under ``data.dir``, else the training split; or ``--ref``) reconstructed
+      from the posterior mean; PSNR / SSIM are per frame, averaged over frames then clips.
+
+    FVD needs the I3D weights (``--i3d``); they are loaded before any work starts.
+    """
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from ..api import load_autoencoder
+    from ..data.videos import split_folder
+    from ..errors import DataError
+    from ..evaluate import generate
+    from ..metrics.fvd import fvd_from_features, i3d_embeddings, load_i3d
+    from ..metrics.image_quality import psnr, ssim
+
+    net = load_i3d(i3d) if {"fvd", "rfvd"} & set(metrics) else None
+    ae = load_autoencoder(run_dir)
+    results: dict = {"run": str(run_dir), "resolution": ae.resolution, "frames": ae.frames}
+    eval_dir = run_dir / "eval"
+
+    if {"rfvd", "psnr", "ssim"} & set(metrics):
+        root = ref or cfg.data.test_dir or cfg.data.dir
+        try:
+            split_folder(root, "val")
+            split = "val"
+        except DataError:
+            split = "train"
+        ds, idx = _clip_set(root, split, ae, num=num, seed=seed)
+        if "rfvd" in metrics and len(idx) < 2:
+            raise DataError(f"rFVD needs at least 2 clips; {ds.root} has {len(idx)} (name a bigger folder with --ref)")
+        psnrs, ssims, real_f, rec_f = [], [], [], []
+        with torch.inference_mode():
+            for i in tqdm(range(0, len(idx), batch_size), desc="reconstructing", disable=None):
+                real = clips_uint8(torch.stack([ds[j] for j in idx[i:i + batch_size]]))
+                x = real.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+                rec = clips_uint8(ae.render(ae.encode(x).mode(), ae.resolution, ae.frames))
+                for a, b in zip(rec, real):          # (T, H, W, 3) each: frames as a batch
+                    fa = a.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+                    fb = b.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+                    psnrs.append(float(psnr(fa, fb).mean()))
+                    if "ssim" in metrics:
+                        ssims.append(float(ssim(fa, fb).mean()))
+                if net is not None and "rfvd" in metrics:
+                    real_f.append(i3d_embeddings(real, net))
+                    rec_f.append(i3d_embeddings(rec, net))
+        if "psnr" in metrics:
+            results["psnr"] = float(np.mean(psnrs))
+        if "ssim" in metrics:
+            results["ssim"] = float(np.mean(ssims))
+        if "rfvd" in metrics:
+            results["rfvd"] = fvd_from_features(np.concatenate(rec_f), np.concatenate(real_f))
+        results.update(num_recon=len(idx), recon_folder=str(ds.root))
+
+    if "fvd" in metrics:
+        ds, idx = _clip_set(ref or cfg.data.dir, "train", ae, num=None, seed=seed)
+        num_gen = num or len(idx)
+        if num is not None and num < len(idx):
+            _, idx = _clip_set(ref or cfg.data.dir, "train", ae, num=num, seed=seed)
+        if min(num_gen, len(idx)) < 2:
+            raise DataError(f"FVD needs at least 2 clips on each side (got {num_gen} generated, {len(idx)} reference)")
+        z, sampler, steps = generate(run_dir, ae, cfg, num=num_gen, sampler=sampler, steps=steps,
+                                     batch_size=batch_size, seed=seed)
+        out = eval_dir / f"samples-{sampler}{steps or ''}-{ae.resolution}x{ae.frames}"
+        gen_f, ref_f = [], []
+        with torch.inference_mode():
+            for i in tqdm(range(0, num_gen, batch_size), desc="rendering + I3D", disable=None):
+                clips = ae.render(z[i:i + batch_size], ae.resolution, ae.frames)
+                for k, clip in enumerate(clips):
+                    vio.write_frames(clip, out / f"sample_{i + k:05d}")
+                gen_f.append(i3d_embeddings(clips_uint8(clips), net))
+            for i in tqdm(range(0, len(idx), batch_size), desc="reference I3D", disable=None):
+                ref_f.append(i3d_embeddings(clips_uint8(torch.stack([ds[j] for j in idx[i:i + batch_size]])), net))
+        results["fvd"] = fvd_from_features(np.concatenate(gen_f), np.concatenate(ref_f))
+        results.update(num_gen=num_gen, num_ref=len(idx), sampler=sampler, steps=steps, samples=str(out),
+                       ref=str(ds.root))
+    return results
