@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Union
 
@@ -63,7 +64,8 @@ def _load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     except MemoryError as exc:   # a damaged .npy header can declare an array of petabytes
         raise DataError(f"{path}: an array's header declares more data than can be allocated "
                         f"({exc})".splitlines()[0]) from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error) as exc:
+        # NotImplementedError: a damaged zip header names an unknown compression or version
         raise DataError(f"{path}: unreadable .npz file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
 
 
@@ -111,7 +113,8 @@ def read_pointcloud_npz(path: PathLike) -> np.ndarray:
                                 f"'points' {points.shape}")
     except DataError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, MemoryError) as exc:  # 'normals' is read only here
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error,
+            MemoryError) as exc:  # 'normals' is read only here
         raise DataError(f"{path}: unreadable 'normals' ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     return points
 

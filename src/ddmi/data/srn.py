@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Union
 
@@ -67,7 +68,8 @@ def read_scene(path: PathLike) -> dict[str, np.ndarray]:
     except MemoryError as exc:   # a damaged .npy header can declare an array of petabytes
         raise DataError(f"{path}: an array's header declares more data than can be allocated "
                         f"({exc})".splitlines()[0]) from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error) as exc:
+        # NotImplementedError: a damaged zip header names an unknown compression or version
         raise DataError(f"{path}: unreadable .npz file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     if images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape:
         raise DataError(f"{path}: 'images' must have shape (V, H, W, 3), got {images.shape}")
