@@ -228,6 +228,20 @@ def test_fuzzed_onet_files(tmp_path):
         ("missing-key", _npz_bytes(points=pts)),
         ("empty-points", _npz_bytes(points=np.zeros((0, 3), np.float32), occupancies=np.zeros(0, np.uint8))),
     ]
+    import io
+    import zipfile
+    for name, members in (("lying-header", {"points": None, "occupancies": None}),
+                          ("cloud-lying-normals", {"points": pts, "normals": None})):
+        buf = io.BytesIO()     # a header declaring petabytes: used to be a MemoryError from numpy
+        with zipfile.ZipFile(buf, "w") as z:
+            for key, arr in members.items():
+                if arr is None:
+                    z.writestr(f"{key}.npy", _lying_npy((10 ** 15, 3)))
+                else:
+                    b = io.BytesIO()
+                    np.save(b, arr)
+                    z.writestr(f"{key}.npy", b.getvalue())
+        structured.append((name, buf.getvalue()))
     cases = list(structured)
     r = random.Random(0)
     for good, reader_name in ((good_points, "points"), (good_cloud, "cloud")):
@@ -243,3 +257,299 @@ def test_fuzzed_onet_files(tmp_path):
             assert str(path) in str(exc), kind
         else:  # only flips in unused zip metadata can leave a readable file
             assert "bitflip" in kind, kind
+
+
+# ------------------------------------------------------------------------------------------
+# fuzzed srn-cars files (NeRF): every broken file is a DataError naming it; what is accepted is sane
+
+def _srn_arrays(views=3, res=4, points=16, seed=0):
+    import numpy as np
+
+    from ddmi.render.volume import look_at
+    rng = np.random.default_rng(seed)
+    poses = torch.stack([look_at((3.0 * np.sin(a), 1.0, 3.0 * np.cos(a)))
+                         for a in np.linspace(0, 6, views)]).numpy().astype(np.float32)
+    return {"images": rng.random((views, res, res, 3)).astype(np.float16), "cam_poses": poses,
+            "data": np.concatenate([rng.uniform(-1, 1, (points, 3)), rng.random((points, 3))], 1).astype(np.float32)}
+
+
+def _lying_npy(shape) -> bytes:
+    """A .npy whose header declares ``shape`` but holds 12 floats (a damaged header)."""
+    import io
+
+    import numpy as np
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((2, 6), np.float32))
+    raw = buf.getvalue()
+    end = raw.index(b"\n")
+    header = raw[:end].replace(b"(2, 6)", repr(tuple(shape)).encode())
+    return header.ljust(end) + raw[end:]
+
+
+def _srn_structured_cases():
+    """(name, bytes) for every array-level way an srn-cars file can be wrong."""
+    import io
+    import zipfile
+
+    import numpy as np
+    good = _srn_arrays()
+    img, poses, pts = good["images"], good["cam_poses"], good["data"]
+
+    def npz(**changes):
+        return _npz_bytes(**{k: v for k, v in {**good, **changes}.items() if v is not None})
+
+    scaled = poses.copy()
+    scaled[:, :3, :3] *= 2
+    bottom = poses.copy()
+    bottom[:, 3, 0] = 1
+    cases = [
+        ("missing-images", npz(images=None)), ("missing-cam_poses", npz(cam_poses=None)),
+        ("missing-data", npz(data=None)), ("no-arrays", _npz_bytes()),
+        ("images-strings", npz(images=img.astype("U6"))), ("images-complex", npz(images=img.astype(np.complex64))),
+        ("images-bool", npz(images=img > 0.5)), ("images-int32", npz(images=(img * 255).astype(np.int32))),
+        ("images-structured", npz(images=np.zeros(3, [("a", "f4"), ("b", "i4")]))),
+        ("images-0d", npz(images=np.array(0.5))), ("images-rgba", npz(images=np.ones(img.shape[:3] + (4,), np.float16))),
+        ("images-empty", npz(images=img[:0])), ("images-zero-width", npz(images=img[:, :, :0])),
+        ("images-nan", npz(images=np.where(img > 0.5, np.nan, img).astype(np.float16))),
+        ("images-inf", npz(images=np.full(img.shape, np.inf, np.float32))),
+        ("images-0-255-floats", npz(images=img.astype(np.float32) * 255)),
+        ("cam_poses-strings", npz(cam_poses=poses.astype("U12"))),       # numeric strings: used to be read
+        ("cam_poses-complex", npz(cam_poses=poses.astype(np.complex64))),  # used to drop the imaginary part
+        ("cam_poses-bool", npz(cam_poses=poses.astype(bool))),             # used to be read as 0/1
+        ("cam_poses-structured", npz(cam_poses=np.zeros((3, 4, 4), [("a", "f4")]))),
+        ("cam_poses-nan", npz(cam_poses=np.where(poses > 0.5, np.nan, poses))),
+        ("cam_poses-inf", npz(cam_poses=np.full(poses.shape, -np.inf, np.float32))),
+        ("cam_poses-3x4", npz(cam_poses=poses[:, :3])), ("cam_poses-count", npz(cam_poses=poses[:1])),
+        ("cam_poses-empty", npz(cam_poses=poses[:0])),
+        ("cam_poses-zero", npz(cam_poses=np.zeros_like(poses))),           # used to give zero-length rays
+        ("cam_poses-scaled", npz(cam_poses=scaled)), ("cam_poses-bottom-row", npz(cam_poses=bottom)),
+        ("data-strings", npz(data=pts.astype("U12"))), ("data-words", npz(data=np.full(pts.shape, "car"))),
+        ("data-complex", npz(data=pts.astype(np.complex128))), ("data-bool", npz(data=pts > 0)),
+        ("data-nan", npz(data=np.where(pts > 0.9, np.nan, pts))), ("data-inf", npz(data=np.full(pts.shape, np.inf))),
+        ("data-float64-overflow", npz(data=np.full(pts.shape, 1e300))),
+        ("data-colours-0-255", npz(data=np.concatenate([pts[:, :3], pts[:, 3:] * 255], 1))),   # used to be read
+        ("data-colours-negative", npz(data=np.concatenate([pts[:, :3], -1 - pts[:, 3:]], 1))),
+        ("data-3-columns", npz(data=pts[:, :3])), ("data-1d", npz(data=pts.ravel())),
+        ("data-empty", npz(data=pts[:0])),
+    ]
+    buf = io.BytesIO()      # an object array: np.load(allow_pickle=False) refuses it
+    with zipfile.ZipFile(buf, "w") as z:
+        obj = io.BytesIO()
+        np.save(obj, np.array([1, "a", None], dtype=object), allow_pickle=True)
+        z.writestr("images.npy", obj.getvalue())
+        for k in ("cam_poses", "data"):
+            b = io.BytesIO()
+            np.save(b, good[k])
+            z.writestr(f"{k}.npy", b.getvalue())
+    cases.append(("images-object", buf.getvalue()))
+    for shape in ((10 ** 6, 6), (10 ** 15, 6)):    # a header declaring more than the file holds
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for k in ("images", "cam_poses", "data"):
+                z.writestr(f"{k}.npy", _lying_npy(shape))
+        cases.append((f"lying-header-{shape[0]:.0e}", buf.getvalue()))
+    return cases
+
+
+def _check_srn_accepted(path):
+    """Read ``path``; if accepted, everything a NeRF item is made from must be sane."""
+    import numpy as np
+
+    from ddmi.data.srn import NeRFDataset, read_scene
+    s = read_scene(path)
+    v, h, w, c = s["images"].shape
+    assert c == 3 and min(v, h, w) > 0 and np.isfinite(s["images"]).all()
+    assert s["images"].min() >= -1e-3 and s["images"].max() <= 1 + 1e-3
+    rot = s["poses"][:, :3, :3]
+    assert np.allclose(rot.transpose(0, 2, 1) @ rot, np.eye(3), atol=1e-2)
+    assert s["points"].shape[1] == 6 and np.isfinite(s["points"]).all()
+    assert -1e-3 <= s["points"][:, 3:].min() and s["points"][:, 3:].max() <= 1 + 1e-3
+    item = NeRFDataset(None, files=[path], num_points=8, num_rays=10)[0]
+    assert item.shape == (18, 9) and torch.isfinite(item).all()
+
+
+def test_fuzzed_srn_files(tmp_path):
+    """srn-cars ``.npz``: 44 structured cases + 26 byte-level cases on each of a plain and a
+    compressed (as the release and ``write_scene``) file; counts in docs/reliability.md."""
+    import io
+
+    import numpy as np
+    good = _npz_bytes(**_srn_arrays())
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **_srn_arrays())
+    compressed = buf.getvalue()
+    # regression: a zip header naming an unknown "version needed" used to raise NotImplementedError
+    bad_version = bytearray(good)
+    at = good.index(b"PK\x01\x02") + 6            # the central directory's "version needed to extract"
+    bad_version[at:at + 2] = (99).to_bytes(2, "little")
+    r = random.Random(0)
+    cases = _srn_structured_cases() + [("zip-version", bytes(bad_version))]
+    cases += [(f"bytes-{k}", d) for k, d in _fuzz_cases(r, good)]
+    cases += [(f"bytes-{k}-compressed", d) for k, d in _fuzz_cases(r, compressed)]
+    outcomes = {"error": 0, "accepted": 0}
+    for i, (kind, data) in enumerate(cases):
+        path = tmp_path / f"{i}-{kind}.npz"
+        path.write_bytes(data)
+        try:
+            _check_srn_accepted(path)
+        except DataError as exc:
+            assert str(path) in str(exc), (kind, str(exc))
+            outcomes["error"] += 1
+        else:  # only flips in unused zip metadata can leave a readable file
+            assert kind.startswith("bytes-bitflip"), kind
+            outcomes["accepted"] += 1
+    assert outcomes["error"] >= len(cases) - 16
+
+
+def test_srn_array_mutations_hypothesis(tmp_path_factory):
+    """Hypothesis replaces one array of a valid file by an arbitrary array (any dtype, any shape up
+    to 4-d, any values): a DataError naming the file, or a file whose every array is sane."""
+    np = pytest.importorskip("numpy")
+    hyp = pytest.importorskip("hypothesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+
+    good = _srn_arrays()
+    dtypes = st.one_of(hnp.floating_dtypes(), hnp.integer_dtypes(), hnp.unsigned_integer_dtypes(),
+                       hnp.complex_number_dtypes(), hnp.boolean_dtypes(), hnp.unicode_string_dtypes(max_len=4),
+                       hnp.byte_string_dtypes(max_len=4), hnp.datetime64_dtypes(), hnp.timedelta64_dtypes())
+    shapes = st.one_of(st.sampled_from([a.shape for a in good.values()]),
+                       hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5))
+    arrays = st.tuples(dtypes, shapes).flatmap(lambda ds: hnp.arrays(ds[0], ds[1]))
+    folder = tmp_path_factory.mktemp("srn-hyp")
+    counter = {"n": 0}
+
+    @settings(max_examples=60, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(key=st.sampled_from(sorted(good)), array=arrays)
+    def check(key, array):
+        counter["n"] += 1
+        path = folder / f"case{counter['n']}.npz"
+        path.write_bytes(_npz_bytes(**{**good, key: array}))
+        try:
+            _check_srn_accepted(path)
+        except DataError as exc:
+            assert str(path) in str(exc)
+
+    check()
+    assert counter["n"] == 60 and hyp
+
+
+# ------------------------------------------------------------------------------------------
+# fuzzed video inputs: frame folders and video files
+
+def _write_frames(folder, n, size=(12, 10)):
+    import numpy as np
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        Image.fromarray(np.full((size[1], size[0], 3), 10 * k, np.uint8)).save(folder / f"frame{k}.png")
+    return sorted(folder.iterdir())
+
+
+def test_fuzzed_frame_folders(tmp_path):
+    """A frame replaced by broken bytes (every byte-level case of the image fuzzer) at a random
+    position of a 6-frame video: the clip that reaches it is a DataError naming the frame."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from ddmi.data.videos import VideoFolderDataset, load_clip
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (10, 12, 3), dtype=np.uint8)).save(buf, "PNG")
+    rng = random.Random(0)
+    outcomes = {"error": 0, "decoded": 0}
+    for i, (kind, data) in enumerate(_fuzz_cases(rng, buf.getvalue())):
+        root = tmp_path / f"case{i}"
+        frames = _write_frames(root / "train" / "v", 6)
+        bad = frames[rng.randrange(6)]
+        bad.write_bytes(data)
+        ds = VideoFolderDataset(root, frames=6, resolution=4)     # the whole video is the window
+        for load in (lambda: ds[0], lambda: load_clip(root / "train" / "v", 6, 4)):
+            try:
+                x = load()
+            except DataError as exc:
+                assert str(bad) in str(exc), (kind, str(exc))
+                outcomes["error"] += 1
+            else:   # a flip in an ancillary PNG chunk or a cut inside IEND can leave a valid frame
+                assert kind in ("bitflip", "truncated") and x.shape == (3, 6, 4, 4) and torch.isfinite(x).all(), kind
+                outcomes["decoded"] += 1
+    assert outcomes["error"] >= 2 * 18
+
+
+def test_frame_folder_odd_frames(tmp_path, caplog):
+    import logging
+
+    import numpy as np
+    from PIL import Image
+
+    from ddmi.data.videos import VideoFolderDataset, load_clip
+    # a frame of another size: rejected naming it (its crop would jump within the clip)
+    frames = _write_frames(tmp_path / "sizes" / "train" / "v", 4)
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(frames[2])
+    with pytest.raises(DataError, match=f"{frames[2]}: frame size 30x20 differs"):
+        VideoFolderDataset(tmp_path / "sizes", frames=4, resolution=4)[0]
+    with pytest.raises(DataError, match="frame2.png"):
+        load_clip(frames[0].parent, 4, 4)
+    # greyscale and RGBA frames are accepted as the image loader does: grey -> RGB, alpha on white
+    frames = _write_frames(tmp_path / "modes" / "train" / "v", 3)
+    Image.fromarray(np.full((10, 12), 77, np.uint8), "L").save(frames[0])
+    Image.fromarray(np.zeros((10, 12, 4), np.uint8), "RGBA").save(frames[1])     # fully transparent
+    x = VideoFolderDataset(tmp_path / "modes", frames=3, resolution=4)[0]
+    assert torch.allclose((x[:, 0] + 1) * 127.5, torch.tensor(77.0), atol=0.5)
+    assert torch.allclose(x[:, 1], torch.tensor(1.0))
+    # zero-byte and directory "frames"
+    frames = _write_frames(tmp_path / "zero" / "train" / "v", 3)
+    frames[1].write_bytes(b"")
+    (frames[0].parent / "frame9.png").mkdir()
+    ds = VideoFolderDataset(tmp_path / "zero", frames=3, resolution=4)          # the folder is not a frame
+    with pytest.raises(DataError, match=str(frames[1])):
+        ds[0]
+    # shorter than the clip: skipped, counted and named; only all-short is an error
+    _write_frames(tmp_path / "short" / "train" / "long", 5)
+    _write_frames(tmp_path / "short" / "train" / "tiny", 2)
+    with caplog.at_level(logging.WARNING):
+        ds = VideoFolderDataset(tmp_path / "short", frames=4, resolution=4)
+    assert len(ds) == 1 and ds.skipped_short == 1
+    assert "skipped 1 video(s) shorter than 4 frames" in caplog.text and "tiny (2 frames)" in caplog.text
+    with pytest.raises(DataError, match=r"2 shorter ones skipped, e.g. .*long \(5 frames\)"):
+        VideoFolderDataset(tmp_path / "short", frames=6, resolution=4)
+
+
+def test_fuzzed_video_files(tmp_path):
+    """MP4 (also renamed .mkv) and GIF bytes, broken 26 ways each (empty, truncated, random, bit
+    flips): a DataError naming the file, a documented skip naming it, or frames of the right shape."""
+    pytest.importorskip("av")
+    from ddmi.data.videos import VideoFolderDataset, load_clip
+    from ddmi.render.video import write_gif, write_mp4
+    clip = torch.rand(3, 8, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    mp4 = write_mp4(clip, tmp_path / "good.mp4", fps=5).read_bytes()
+    gif = write_gif(clip, tmp_path / "good.gif").read_bytes()
+    rng = random.Random(0)
+    outcomes = {"error": 0, "skipped": 0, "decoded": 0}
+    cases = [(ext, kind, data) for ext, good in ((".mp4", mp4), (".mkv", mp4), (".gif", gif))
+             for kind, data in _fuzz_cases(rng, good)]
+    # regression: a metadata string that is not UTF-8 (PyAV raised UnicodeDecodeError)
+    at = mp4.find(b"Lavf")
+    cases.append((".mp4", "metadata-not-utf8", mp4[:at] + b"\xec\xff\xfe\xfd" + mp4[at + 4:]))
+    cases.append((".mp4", "png-bytes", tmp_path.joinpath("good.gif").read_bytes()[:6] + b"\x00" * 50))
+    for i, (ext, kind, data) in enumerate(cases):
+        root = tmp_path / f"case{i}"
+        (root / "train").mkdir(parents=True)
+        path = root / "train" / f"{kind}{ext}"
+        path.write_bytes(data)
+        loads = [lambda: load_clip(path, 4, 8)]
+        if ext != ".gif":     # GIFs are read by load_clip (ddmi reconstruct), not found by the dataset
+            loads.append(lambda: VideoFolderDataset(root, frames=4, resolution=8)[(0, 1)])
+        for load in loads:
+            try:
+                x = load()
+            except DataError as exc:
+                assert str(path) in str(exc), (kind, str(exc))
+                outcomes["skipped" if "shorter ones skipped" in str(exc) else "error"] += 1
+            else:   # bytes FFmpeg does not use, or a flip inside compressed pixels (no checksum to catch it)
+                assert kind in ("bitflip", "truncated") and x.shape == (3, 4, 8, 8) and torch.isfinite(x).all()
+                outcomes["decoded"] += 1
+    assert outcomes["error"] >= 60, outcomes

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Union
 
@@ -60,7 +61,11 @@ def _load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except MemoryError as exc:   # a damaged .npy header can declare an array of petabytes
+        raise DataError(f"{path}: an array's header declares more data than can be allocated "
+                        f"({exc})".splitlines()[0]) from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error) as exc:
+        # NotImplementedError: a damaged zip header names an unknown compression or version
         raise DataError(f"{path}: unreadable .npz file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
 
 
@@ -106,8 +111,11 @@ def read_pointcloud_npz(path: PathLike) -> np.ndarray:
             if "normals" in data.files and data["normals"].shape != points.shape:
                 raise DataError(f"{path}: 'normals' has shape {data['normals'].shape}, "
                                 f"'points' {points.shape}")
-    except (OSError, ValueError) as exc:  # pragma: no cover - read once above already
-        raise DataError(f"{path}: unreadable .npz file ({exc})") from None
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error,
+            MemoryError) as exc:  # 'normals' is read only here
+        raise DataError(f"{path}: unreadable 'normals' ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     return points
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Union
 
@@ -64,7 +65,11 @@ def read_scene(path: PathLike) -> dict[str, np.ndarray]:
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except MemoryError as exc:   # a damaged .npy header can declare an array of petabytes
+        raise DataError(f"{path}: an array's header declares more data than can be allocated "
+                        f"({exc})".splitlines()[0]) from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error) as exc:
+        # NotImplementedError: a damaged zip header names an unknown compression or version
         raise DataError(f"{path}: unreadable .npz file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     if images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape:
         raise DataError(f"{path}: 'images' must have shape (V, H, W, 3), got {images.shape}")
@@ -77,13 +82,38 @@ def read_scene(path: PathLike) -> dict[str, np.ndarray]:
                         f"{images.shape[0]} images, got {poses.shape}")
     if points.ndim != 2 or points.shape[1] != 6 or points.shape[0] == 0:
         raise DataError(f"{path}: 'data' must be a coloured point cloud of shape (P, 6), got {points.shape}")
-    poses, points = poses.astype(np.float32), points.astype(np.float32)
-    if not (np.isfinite(poses).all() and np.isfinite(points).all()):
-        raise DataError(f"{path}: 'cam_poses' or 'data' holds non-finite values")
+    for name, a in (("cam_poses", poses), ("data", points)):
+        # strings of digits, booleans and complex numbers would all cast to float32 without a word
+        if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+            raise DataError(f"{path}: '{name}' must hold real numbers, got dtype {a.dtype}")
+    with np.errstate(over="ignore"):      # float64 beyond float32's range becomes inf: caught below
+        poses, points = poses.astype(np.float32), points.astype(np.float32)
+    for name, a in (("cam_poses", poses), ("data", points)):
+        if not np.isfinite(a).all():
+            raise DataError(f"{path}: '{name}' holds non-finite values (NaN or Inf)")
+    _check_poses(path, poses)
+    rgb = points[:, 3:]
+    if rgb.min() < -1e-3 or rgb.max() > 1 + 1e-3:
+        raise DataError(f"{path}: the colours of 'data' (columns 3-5) must be in [0, 1], got values in "
+                        f"[{rgb.min():.3g}, {rgb.max():.3g}]")
     lo, hi = float(np.nanmin(images)), float(np.nanmax(images))
     if not np.isfinite(images).all() or lo < -1e-3 or hi > 1 + 1e-3:
         raise DataError(f"{path}: 'images' must be finite and in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")
     return {"images": images, "poses": poses, "points": points}
+
+
+def _check_poses(path: Path, poses: np.ndarray, tol: float = 1e-2) -> None:
+    """Camera-to-world matrices: bottom row ``(0, 0, 0, 1)`` and an orthonormal rotation block (a
+    zero or scaled matrix would give rays of zero or wrong length without any error)."""
+    bottom = np.abs(poses[:, 3] - np.array([0, 0, 0, 1], np.float32)).max(axis=1)
+    rot = poses[:, :3, :3]
+    ortho = np.abs(rot.transpose(0, 2, 1) @ rot - np.eye(3, dtype=np.float32)).max(axis=(1, 2))
+    bad = np.flatnonzero((bottom > tol) | (ortho > tol))
+    if len(bad):
+        v = int(bad[0])
+        raise DataError(f"{path}: 'cam_poses' must be camera-to-world matrices (orthonormal rotation, bottom row "
+                        f"0 0 0 1); {len(bad)} of {len(poses)} are not, e.g. view {v}: "
+                        f"{np.array2string(poses[v], precision=3, separator=',').replace(chr(10), '')}")
 
 
 def write_scene(path: PathLike, images: np.ndarray, poses: np.ndarray, points: np.ndarray) -> Path:

@@ -11,8 +11,10 @@ A *video* is every folder that directly holds image files (its frames, in natura
 ``frame2`` before ``frame10``) and every video file. Videos shorter than the clip length ``F`` are
 skipped; how many is logged, and only an empty result is an error. A training item is a window
 of ``F`` consecutive frames, each centre-cropped to a square and resized (Lanczos, antialiased)
-to ``R x R``: ``float32 (3, F, R, R)`` in [-1, 1]. A corrupt or unreadable frame raises
-:class:`~ddmi.errors.DataError` naming the file.
+to ``R x R``: ``float32 (3, F, R, R)`` in [-1, 1]. A corrupt or unreadable frame, a frame whose size
+differs from the others of its clip, or a video file FFmpeg reports damaged raises
+:class:`~ddmi.errors.DataError` naming the file (greyscale and RGBA frames are converted as
+:func:`ddmi.data.images.load_image` does).
 
 Randomness: the window of video ``i`` drawn at global training position ``pos`` starts at a
 frame drawn from a generator seeded with ``(seed, i, pos)``, so training is reproducible and
@@ -27,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Union
 
@@ -77,37 +80,81 @@ def find_videos(root: PathLike) -> list[tuple[Path, list[Path] | None]]:
     return sorted(out, key=lambda item: str(item[0]))
 
 
+def _video_stream(container, path: Path):
+    if not container.streams.video:
+        raise DataError(f"{path}: holds no video stream")
+    return container.streams.video[0]
+
+
+def _av_errors(av) -> tuple:
+    # FFmpegError for what FFmpeg rejects; ValueError (UnicodeDecodeError) for damaged metadata
+    # strings, which PyAV decodes as UTF-8 when opening the file
+    return (av.error.FFmpegError, OSError, ValueError)
+
+
+@contextmanager
+def _decoder_errors(av):
+    """Collect FFmpeg's error-level messages while decoding: FFmpeg conceals some corruptions (a
+    truncated GIF's last frame: "LZW decode failed") and only logs them."""
+    previous = av.logging.get_level()
+    if previous is None or previous < av.logging.ERROR:
+        av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture(local=False) as logs:
+            yield logs
+    finally:
+        av.logging.set_level(previous)
+
+
 def video_frame_count(path: Path) -> int:
     """Frames of a video file (from the container, or by counting its packets)."""
     av = _av()
     try:
         with av.open(str(path)) as container:
-            stream = container.streams.video[0]
+            stream = _video_stream(container, path)
             if stream.frames:
                 return int(stream.frames)
             return sum(1 for packet in container.demux(stream) if packet.size)
-    except (IndexError, av.error.FFmpegError, OSError) as exc:
+    except _av_errors(av) as exc:
         raise DataError(f"{path}: cannot read the video ({type(exc).__name__}: {exc})".splitlines()[0]) from None
 
 
 def read_video_frames(path: PathLike, start: int = 0, count: int | None = None) -> list[np.ndarray]:
-    """Frames ``[start, start + count)`` of a video file as ``(H, W, 3)`` uint8 arrays."""
+    """Frames ``[start, start + count)`` of a video file as ``(H, W, 3)`` uint8 arrays. A file that
+    FFmpeg reports damaged while decoding them raises :class:`DataError`, even where FFmpeg
+    itself would go on with concealed (wrong) pixels."""
     av = _av()
     path = Path(path)
     out: list[np.ndarray] = []
     try:
-        with av.open(str(path)) as container:
-            for i, frame in enumerate(container.decode(video=0)):
+        with _decoder_errors(av) as logs, av.open(str(path)) as container:
+            stream = _video_stream(container, path)
+            for i, frame in enumerate(container.decode(stream)):
                 if i < start:
                     continue
                 out.append(frame.to_ndarray(format="rgb24"))
                 if count is not None and len(out) == count:
                     break
-    except (IndexError, av.error.FFmpegError, OSError) as exc:
+    except _av_errors(av) as exc:
         raise DataError(f"{path}: cannot decode the video ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    errors = [(name, msg.strip()) for level, name, msg in logs if level is not None and level <= av.logging.ERROR]
+    if errors:
+        name, msg = errors[0]
+        raise DataError(f"{path}: damaged video data ({name}: {msg})".splitlines()[0])
     if count is not None and len(out) < count:
         raise DataError(f"{path}: has {start + len(out)} decodable frames, needs {start + count}")
     return out
+
+
+def _load_frames(paths: list[Path]) -> list:
+    """The frames of one window of a frame folder, all of one size (a frame of another size is
+    most likely a stray file: its crop would jump within the clip)."""
+    frames = [_load_rgb(p) for p in paths]
+    for p, f in zip(paths[1:], frames[1:]):
+        if f.size != frames[0].size:
+            raise DataError(f"{p}: frame size {f.size[0]}x{f.size[1]} differs from "
+                            f"{paths[0].name}'s {frames[0].size[0]}x{frames[0].size[1]} in the same video")
+    return frames
 
 
 def _prepare(frames, resolution: int) -> torch.Tensor:
@@ -129,7 +176,7 @@ def load_clip(source: PathLike, frames: int, resolution: int, *, start: int = 0)
                        key=_natural_key)
         if len(paths) < start + frames:
             raise DataError(f"{source}: holds {len(paths)} frames, needs {start + frames}")
-        return _prepare([_load_rgb(p) for p in paths[start:start + frames]], resolution)
+        return _prepare(_load_frames(paths[start:start + frames]), resolution)
     if not source.is_file():
         raise DataError(f"{source}: no such video file or frame folder")
     return _prepare(read_video_frames(source, start, frames), resolution)
@@ -166,19 +213,21 @@ class VideoFolderDataset(Dataset):
             raise DataError(f"frames and resolution must be >= 1, got {frames}, {resolution}")
         self.videos: list[tuple[Path, list[Path] | None, int]] = []
         self.skipped_short = 0
+        example = ""
         for source, paths in find_videos(self.root):
             n = len(paths) if paths is not None else video_frame_count(source)
             if n < self.frames:
                 self.skipped_short += 1
+                example = example or f"{source} ({n} frames)"
                 continue
             self.videos.append((source, paths, n))
         if self.skipped_short:
             msg = (f"{self.root}: skipped {self.skipped_short} video(s) shorter than {self.frames} frames "
-                   f"({len(self.videos)} kept)")
+                   f"({len(self.videos)} kept), e.g. {example}")
             (log or logger.warning)(msg)
         if not self.videos:
             raise DataError(f"{self.root}: no video with at least {self.frames} frames"
-                            + (f" ({self.skipped_short} shorter ones skipped)" if self.skipped_short else ""))
+                            + (f" ({self.skipped_short} shorter ones skipped, e.g. {example})" if self.skipped_short else ""))
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -195,4 +244,4 @@ class VideoFolderDataset(Dataset):
         start = self.window_start(i, position)
         if paths is None:
             return _prepare(read_video_frames(source, start, self.frames), self.resolution)
-        return _prepare([_load_rgb(p) for p in paths[start:start + self.frames]], self.resolution)
+        return _prepare(_load_frames(paths[start:start + self.frames]), self.resolution)
