@@ -10,6 +10,9 @@ Run folders (image domain):
   against the originals resized to that resolution. Images are quantised to uint8 first, exactly
   as files would be.
 
+Shape, video and NeRF run folders: see :func:`evaluate_shapes_run`,
+:func:`ddmi.domains.video.evaluate_video_run` and :func:`ddmi.domains.nerf.evaluate_nerf_run`.
+
 Any folder: ``--ref DIR`` is required; the metric defaults follow the files (images: FID + KID;
 ``.npy``/``.npz`` point clouds: MMD/COV/1-NNA with Chamfer).
 
