@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 
 DOMAINS = ("image", "occupancy", "nerf", "video")
-GAN_DOMAINS = ("image",)
+GAN_DOMAINS = ("image", "video")
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp2m")
 
 
@@ -203,6 +203,7 @@ class GANConfig:
     enabled: bool = False
     disc_weight: float = 1.0           # weight of the generator's adversarial term
     feature_weight: float = 1.0        # weight of the feature-matching L1 term
+    generator_factor: float = 1.0      # multiplies both generator terms (official video: 500)
     start_step: int = 0                # optimiser steps of reconstruction-only training first
     disc_channels: int = 64
     disc_layers: int = 3               # stride-2 layers of the PatchGAN
@@ -398,8 +399,10 @@ def validate(cfg: DictConfig) -> None:
     check(0 < cfg.ldm.ema_decay < 1, "ldm.ema_decay", "must be in (0, 1)")
     g = cfg.gan
     check(not g.enabled or cfg.domain in GAN_DOMAINS, "gan.enabled",
-          f"adversarial fine-tuning is available for {', '.join(GAN_DOMAINS)}, not {cfg.domain}")
+          f"adversarial fine-tuning is available for the {' and '.join(GAN_DOMAINS)} domains only, "
+          f"not {cfg.domain}: set gan.enabled=false")
     check(g.disc_weight >= 0 and g.feature_weight >= 0, "gan.disc_weight", "weights must be >= 0")
+    check(g.generator_factor >= 0, "gan.generator_factor", "must be >= 0")
     check(g.start_step >= 0, "gan.start_step", "must be >= 0")
     check(g.disc_layers >= 1 and g.disc_channels >= 1, "gan.disc_layers", "must be >= 1")
     check(len(g.disc_betas) == 2 and all(0 <= b < 1 for b in g.disc_betas), "gan.disc_betas",

@@ -1,15 +1,23 @@
-"""Adversarial fine-tuning of the image D2C-VAE (spec section 4, "GAN"; presets ``*-gan``).
+"""Adversarial fine-tuning of the D2C-VAE (spec section 4, "GAN"; presets ``*-gan``).
 
 A phase-two run starts from a phase-one VAE run (``init=VAE_RUN_DIR``: weights only; the
 optimiser and the learning rate come from this run's config) and alternates, per optimiser step,
 
 * a **generator** step: the stage-1 loss (L1 + KL + spectral regulariser [+ LPIPS]) plus
-  ``disc_weight * -mean D(fake) + feature_weight * feature matching``; the discriminator's
-  weights are read as constants, so no gradient reaches them;
-* a **discriminator** step: the hinge loss on real crops and reconstructions computed without
+  ``generator_factor * (disc_weight * -mean D(fake) + feature_weight * feature matching)``; the
+  discriminator's weights are read as constants, so no gradient reaches them;
+* a **discriminator** step: the hinge loss on real inputs and reconstructions computed without
   gradient (detached; the official video step forgets to: spec 12.2.10).
 
-The discriminator sees RGB plus a constant 4th channel holding the scale injection ``si``.
+Per domain:
+
+* **image**: one 2-D PatchGAN on the ``R x R`` crop; its 4th input channel is the constant scale
+  injection ``si`` of the crop;
+* **video**: a 2-D PatchGAN on one random frame per clip (the LPIPS term's frame) plus a 3-D
+  PatchGAN on the whole clip (:class:`~ddmi.nn.discriminator.VideoDiscriminator`), RGB only (the
+  video field has no scale injection). The generator terms and the hinge losses of the two
+  networks are summed.
+
 Before ``gan.start_step`` every step is a generator step without the adversarial term. One
 AdamW holds both networks in two parameter groups (the discriminator's with ``gan.disc_betas``,
 (0.5, 0.9) officially): parameters without a gradient in a step are left untouched by AdamW, and
@@ -28,8 +36,8 @@ from torch.func import functional_call
 from . import checkpoint as ckpt
 from .errors import CheckpointError, ConfigError
 from .losses.adversarial import feature_matching_loss, generator_loss, hinge_d_loss
-from .nn.discriminator import PatchDiscriminator
-from .stage1 import VAETask
+from .nn.discriminator import PatchDiscriminator, VideoDiscriminator
+from .stage1 import VAETask, VideoVAETask
 
 
 def with_scale_channel(images: torch.Tensor, si: torch.Tensor) -> torch.Tensor:
@@ -45,8 +53,20 @@ def phase(gc: DictConfig, step: int) -> str:
     return "generator" if (step - gc.start_step) % 2 == 0 else "discriminator"
 
 
+def build_discriminator(cfg: DictConfig) -> nn.Module:
+    """The discriminator(s) of ``cfg.domain`` (image: 2-D with the scale channel; video: 2-D + 3-D)."""
+    gc = cfg.gan
+    if cfg.domain == "video":
+        return VideoDiscriminator(gc.disc_channels, gc.disc_layers)
+    return PatchDiscriminator(4, gc.disc_channels, gc.disc_layers)
+
+
 class AdversarialForward(nn.Module):
-    """DDP-wrappable loss of both phases: ``forward(images, rand, phase=..., ...) -> (loss, logs)``."""
+    """DDP-wrappable loss of both phases: ``forward(images, rand, phase=..., ...) -> (loss, logs)``.
+
+    The domain-specific parts are :meth:`reconstructions` (detached fakes, reals and the
+    discriminator's condition) and :meth:`critic` (logits of every discriminator + features).
+    """
 
     def __init__(self, autoencoder: nn.Module, discriminator: nn.Module, perceptual: nn.Module | None,
                  perceptual_weight: float, gc: DictConfig):
@@ -57,30 +77,57 @@ class AdversarialForward(nn.Module):
         self.perceptual_weight = perceptual_weight
         self.disc_weight = gc.disc_weight
         self.feature_weight = gc.feature_weight
+        self.generator_factor = gc.generator_factor
         if perceptual is not None:
             perceptual.requires_grad_(False)
 
+    def reconstructions(self, images, rand):
+        """``(fake, real, cond)`` as the discriminator sees them (image: ``(B, 3, R, R)``, ``si``)."""
+        pred, targets, si, _ = self.ae.reconstruct(images, rand)
+        return self.ae.as_images(pred), self.ae.as_images(targets), si
+
+    def critic(self, x, cond, params=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Logits of every discriminator and their concatenated features; with ``params``, the
+        discriminator runs with those weights (:func:`torch.func.functional_call`)."""
+        x = with_scale_channel(x, cond)
+        logits, feats = self.disc(x) if params is None else functional_call(self.disc, params, (x,))
+        return [logits], feats
+
     def forward(self, images, rand, *, phase: str, adversarial: bool, kl_weight: float, sn_weight: float):
         if phase == "discriminator":
-            with torch.no_grad():
-                pred, targets, si, _ = self.ae.reconstruct(images, rand)
-            real_logits, _ = self.disc(with_scale_channel(self.ae.as_images(targets), si))
-            fake_logits, _ = self.disc(with_scale_channel(self.ae.as_images(pred), si))
-            loss = hinge_d_loss(real_logits, fake_logits)
-            return loss, {"d_hinge": loss.detach(), "d_real": real_logits.detach().mean(),
-                          "d_fake": fake_logits.detach().mean()}
+            with torch.no_grad():                       # detached reconstructions (spec 12.2.10)
+                fake, real, cond = self.reconstructions(images, rand)
+            real_logits, _ = self.critic(real, cond)
+            fake_logits, _ = self.critic(fake, cond)
+            loss = sum(hinge_d_loss(r, f) for r, f in zip(real_logits, fake_logits))
+            return loss, {"d_hinge": loss.detach(),
+                          "d_real": torch.stack([r.detach().mean() for r in real_logits]).mean(),
+                          "d_fake": torch.stack([f.detach().mean() for f in fake_logits]).mean()}
         return self.ae(images, rand, kl_weight=kl_weight, sn_weight=sn_weight, perceptual=self.perceptual,
                        perceptual_weight=self.perceptual_weight,
                        adversary=self._generator_terms if adversarial else None)
 
-    def _generator_terms(self, fake: torch.Tensor, real: torch.Tensor, si: torch.Tensor):
+    def _generator_terms(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor):
         frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
-        fake_logits, fake_feats = functional_call(self.disc, frozen, (with_scale_channel(fake, si),))
+        fake_logits, fake_feats = self.critic(fake, cond, frozen)
         with torch.no_grad():
-            _, real_feats = self.disc(with_scale_channel(real, si))
-        g = generator_loss(fake_logits)
+            _, real_feats = self.critic(real, cond)
+        g = sum(generator_loss(f) for f in fake_logits)
         fm = feature_matching_loss(real_feats, fake_feats)
-        return self.disc_weight * g + self.feature_weight * fm, {"g_adv": g.detach(), "g_fm": fm.detach()}
+        loss = self.generator_factor * (self.disc_weight * g + self.feature_weight * fm)
+        return loss, {"g_adv": g.detach(), "g_fm": fm.detach()}
+
+
+class VideoAdversarialForward(AdversarialForward):
+    """Video: clips ``(B, 3, T, H, W)``; the condition is the random frame per clip that the 2-D
+    discriminator judges (``rand["frame"]``, the LPIPS term's frame)."""
+
+    def reconstructions(self, clips, rand):
+        pred, targets, _ = self.ae.reconstruct(clips, rand)
+        return pred, targets, rand["frame"].to(clips.device)
+
+    def critic(self, x, cond, params=None):
+        return self.disc(x, cond) if params is None else functional_call(self.disc, params, (x, cond))
 
 
 def load_init_weights(autoencoder: nn.Module, cfg: DictConfig, init: Path) -> str:
@@ -99,15 +146,10 @@ def load_init_weights(autoencoder: nn.Module, cfg: DictConfig, init: Path) -> st
     return latest.name
 
 
-class AdversarialVAETask(VAETask):
-    """Stage 1 with a discriminator (``gan.enabled``): see the module docstring."""
+class _Adversarial:
+    """What a ``gan.enabled`` stage-1 task adds to its domain's task (mixed in before it)."""
 
-    def __init__(self, cfg: DictConfig, *, log=print):
-        super().__init__(cfg, log=log)
-        gc = cfg.gan
-        self.discriminator = PatchDiscriminator(4, gc.disc_channels, gc.disc_layers)
-        self.module = AdversarialForward(self.autoencoder, self.discriminator, self.module.perceptual,
-                                         cfg.loss.lpips_weight, gc)
+    discriminator: nn.Module
 
     def parameters(self):
         return [p for m in (self.autoencoder, self.discriminator) for p in m.parameters() if p.requires_grad]
@@ -129,3 +171,23 @@ class AdversarialVAETask(VAETask):
         if "discriminator" not in weights:
             raise CheckpointError("the checkpoint has no discriminator weights (not a gan.enabled run)")
         ckpt.load_into(self.discriminator, weights["discriminator"], what="checkpoint discriminator")
+
+
+class AdversarialVAETask(_Adversarial, VAETask):
+    """Image stage 1 with a discriminator (``gan.enabled``): see the module docstring."""
+
+    def __init__(self, cfg: DictConfig, *, log=print):
+        super().__init__(cfg, log=log)
+        self.discriminator = build_discriminator(cfg)
+        self.module = AdversarialForward(self.autoencoder, self.discriminator, self.module.perceptual,
+                                         cfg.loss.lpips_weight, cfg.gan)
+
+
+class AdversarialVideoVAETask(_Adversarial, VideoVAETask):
+    """Video stage 1 with the 2-D frame + 3-D clip discriminators (``gan.enabled``)."""
+
+    def __init__(self, cfg: DictConfig, *, log=print):
+        super().__init__(cfg, log=log)
+        self.discriminator = build_discriminator(cfg)
+        self.module = VideoAdversarialForward(self.autoencoder, self.discriminator, self.module.perceptual,
+                                              cfg.loss.lpips_weight, cfg.gan)

@@ -167,9 +167,8 @@ def parameter_counts(cfg: DictConfig, *, include_ldm: bool = True) -> dict[str, 
         counts = {name: count_parameters(m) for name, m in ae.components().items()}
         counts["vae_total"] = count_parameters(ae.vae)
         if cfg.gan.enabled:
-            from .nn.discriminator import PatchDiscriminator
-            counts["discriminator"] = count_parameters(
-                PatchDiscriminator(4, cfg.gan.disc_channels, cfg.gan.disc_layers))
+            from .gan import build_discriminator
+            counts["discriminator"] = count_parameters(build_discriminator(cfg))
         if include_ldm:
             from .ldm import build_denoiser
             counts["denoiser"] = count_parameters(build_denoiser(cfg, ae.latent_shape))

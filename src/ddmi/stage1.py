@@ -213,6 +213,9 @@ def make_vae_task(cfg: DictConfig, *, log=print) -> VAETask:
     elif cfg.domain == "nerf":
         from .domains.nerf import make_nerf_vae_task
         task = make_nerf_vae_task(cfg, log=log)
+    elif cfg.domain == "video" and cfg.gan.enabled:
+        from .gan import AdversarialVideoVAETask
+        task = AdversarialVideoVAETask(cfg, log=log)
     elif cfg.domain == "video":
         task = VideoVAETask(cfg, log=log)
     elif cfg.gan.enabled:

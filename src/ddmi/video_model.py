@@ -365,29 +365,43 @@ class VideoAutoencoder(nn.Module):
                 "frame": torch.randint(0, self.frames, (n,), generator=generator),
                 "noise": torch.randn((n, *self.latent_shape), generator=generator)}
 
+    def reconstruct(self, clips: torch.Tensor, rand: dict) -> tuple[torch.Tensor, torch.Tensor, DiagonalGaussian]:
+        """The training view of ``clips`` (mirrored where ``rand["flip"]``) and its unclamped
+        reconstruction (posterior noise ``rand["noise"]``): ``pred, targets (B, 3, T, H, W)``
+        and the posterior."""
+        clips = torch.where(rand["flip"][:, None, None, None, None].to(clips.device), clips.flip(-1), clips)
+        _, _, t, h, _ = clips.shape
+        posterior = self.vae.encode(clips)
+        z = posterior.mean + posterior.std * rand["noise"]
+        field = Field(self.vae.decode(z), self.mlp, {}, chunk=1 << 62)
+        return render_clip_raw(field, h, t), clips, posterior
+
     def forward(self, clips: torch.Tensor, rand: dict, *, kl_weight: float, sn_weight: float,
-                perceptual: nn.Module | None = None, perceptual_weight: float = 1.0
+                perceptual: nn.Module | None = None, perceptual_weight: float = 1.0, adversary=None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Stage-1 loss on ``clips (B, 3, T, R, R)``: L1 summed over (C, T, H, W), batch mean;
         ``+ kl_weight * KL`` (summed, batch mean); ``+ perceptual_weight * LPIPS`` on one random
         frame per clip when a perceptual network is given; ``+ sn_weight *`` the spectral
-        regulariser (the VAE's convolutions; not the TimeSformer's linear layers)."""
-        clips = torch.where(rand["flip"][:, None, None, None, None].to(clips.device), clips.flip(-1), clips)
-        b, _, t, h, w = clips.shape
-        posterior = self.vae.encode(clips)
-        z = posterior.mean + posterior.std * rand["noise"]
-        field = Field(self.vae.decode(z), self.mlp, {}, chunk=1 << 62)
-        pred = render_clip_raw(field, h, t)                                  # (B, 3, T, H, W)
+        regulariser (the VAE's convolutions; not the TimeSformer's linear layers); ``+
+        adversary(fake, real, frame) -> (loss, logs)`` on the clips when given (the generator side
+        of adversarial fine-tuning, :mod:`ddmi.gan`; ``frame`` is the same random frame per clip
+        as the LPIPS term's)."""
+        pred, clips, posterior = self.reconstruct(clips, rand)               # (B, 3, T, H, W)
+        b = clips.shape[0]
         l1 = (pred - clips).abs().flatten(1).sum(1).mean()
         kl = posterior.kl().mean()
         loss = l1 + kl_weight * kl
         logs = {"l1": l1.detach(), "kl": kl.detach()}
+        idx = rand["frame"].to(clips.device)
         if perceptual is not None:
-            idx = rand["frame"].to(clips.device)
             ar = torch.arange(b, device=clips.device)
             lp = perceptual(pred[ar, :, idx], clips[ar, :, idx]).mean()
             loss = loss + perceptual_weight * lp
             logs["lpips"] = lp.detach()
+        if adversary is not None:
+            adv, adv_logs = adversary(pred, clips, idx)
+            loss = loss + adv
+            logs.update(adv_logs)
         if self.spectral is not None and sn_weight > 0:
             sn = self.spectral(self.vae)
             loss = loss + sn_weight * sn

@@ -1,9 +1,14 @@
 """PatchGAN discriminators for adversarial fine-tuning of the D2C-VAE (spec section 4, "GAN").
 
-The official discriminator (pix2pix's ``NLayerDiscriminator``) normalises with SyncBatchNorm,
-whose statistics depend on the global batch (one image per GPU in ``afhq_gan``). We use
-GroupNorm instead: the same parameters, but batch-independent, so a run behaves the same on one
-CPU process and on many GPUs, at any per-process batch size.
+* :class:`PatchDiscriminator`: the 2-D PatchGAN (images; single frames of a video);
+* :class:`PatchDiscriminator3D`: the same recipe with ``Conv3d`` over a whole clip;
+* :class:`VideoDiscriminator`: the pair the video domain trains (one random frame per clip for
+  the 2-D network, the clip for the 3-D one).
+
+The official discriminators (pix2pix's ``NLayerDiscriminator``) normalise with SyncBatchNorm,
+whose statistics depend on the global batch (one image per GPU in ``afhq_gan``, two clips per
+GPU for SkyTimelapse). We use GroupNorm instead: the same parameters, but batch-independent, so a
+run behaves the same on one CPU process and on many GPUs, at any per-process batch size.
 """
 
 from __future__ import annotations
@@ -14,6 +19,18 @@ from torch import nn
 
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(32, channels), channels)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Convolutions ~ N(0, 0.02) with zero bias; norm scales ~ N(1, 0.02) (the official init)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.GroupNorm):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
 
 
 class PatchDiscriminator(nn.Module):
@@ -37,14 +54,7 @@ class PatchDiscriminator(nn.Module):
         blocks.append(nn.Sequential(nn.Conv2d(ch, nxt, 4, 1, 1, bias=False), _norm(nxt), nn.LeakyReLU(0.2)))
         self.blocks = nn.ModuleList(blocks)
         self.head = nn.Conv2d(nxt, 1, 4, 1, 1)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.GroupNorm):
-                nn.init.normal_(m.weight, 1.0, 0.02)
-                nn.init.zeros_(m.bias)
+        _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         feats = []
@@ -52,3 +62,58 @@ class PatchDiscriminator(nn.Module):
             x = block(x)
             feats.append(x)
         return self.head(x), feats
+
+
+class PatchDiscriminator3D(nn.Module):
+    """3-D PatchGAN on clips: ``x (B, in_channels, T, H, W)`` -> ``(logits (B, 1, t, h, w), features)``.
+
+    The layers of :class:`PatchDiscriminator` with 4x4x4 ``Conv3d`` (strides 2 on all three axes,
+    then 1). The padding is 2 (as in the official 3-D network) rather than the 2-D one's 1, so
+    that short clips keep a non-empty output: with ``layers`` = 3 a 16-frame clip gives 5 logits
+    along time, and an 8-frame clip with ``layers`` = 2 gives 5 as well (padding 1 would leave
+    nothing after the last 4-wide stride-1 convolutions).
+    """
+
+    def __init__(self, in_channels: int = 3, channels: int = 64, layers: int = 3):
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Sequential(nn.Conv3d(in_channels, channels, 4, 2, 2), nn.LeakyReLU(0.2))]
+        ch = channels
+        for i in range(1, layers):
+            nxt = channels * min(2 ** i, 8)
+            blocks.append(nn.Sequential(nn.Conv3d(ch, nxt, 4, 2, 2, bias=False), _norm(nxt), nn.LeakyReLU(0.2)))
+            ch = nxt
+        nxt = channels * min(2 ** layers, 8)
+        blocks.append(nn.Sequential(nn.Conv3d(ch, nxt, 4, 1, 2, bias=False), _norm(nxt), nn.LeakyReLU(0.2)))
+        self.blocks = nn.ModuleList(blocks)
+        self.head = nn.Conv3d(nxt, 1, 4, 1, 2)
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        feats = []
+        for block in self.blocks:
+            x = block(x)
+            feats.append(x)
+        return self.head(x), feats
+
+
+class VideoDiscriminator(nn.Module):
+    """The video domain's two discriminators (spec 4, ``LPIPSWithDiscriminator3D``).
+
+    ``forward(clips (B, 3, T, H, W), frame (B,) long)`` -> ``(logits, features)``: ``logits`` is
+    ``[frame logits (B, 1, h, w), clip logits (B, 1, t, h, w)]``; ``features`` the 2-D network's
+    activations followed by the 3-D network's (feature matching pairs them layer by layer). The
+    2-D network sees frame ``frame[b]`` of clip ``b``. RGB only: the video field has no scale
+    injection, so there is no 4th channel.
+    """
+
+    def __init__(self, channels: int = 64, layers: int = 3):
+        super().__init__()
+        self.frame = PatchDiscriminator(3, channels, layers)
+        self.clip = PatchDiscriminator3D(3, channels, layers)
+
+    def forward(self, clips: torch.Tensor, frame: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        assert clips.ndim == 5 and clips.shape[1] == 3, f"expected clips (B, 3, T, H, W), got {tuple(clips.shape)}"
+        frames = clips[torch.arange(clips.shape[0], device=clips.device), :, frame.to(clips.device)]
+        logits_2d, feats_2d = self.frame(frames)
+        logits_3d, feats_3d = self.clip(clips)
+        return [logits_2d, logits_3d], feats_2d + feats_3d
