@@ -154,3 +154,50 @@ def decode_chunks(ctx: Context) -> list[Row]:
     for chunk in (1024, 4096, 8192, 32768, 65536):
         rows += _decode_rows(f"decode-chunk{chunk}", OFFICIAL_IMAGE, (256,), ctx, chunk=chunk)
     return rows
+
+
+def _render_whole_grid(field, r: int, train_resolution: int) -> torch.Tensor:
+    """The previous render path, for a same-run memory comparison: one ``(R*R, 2)`` coordinate
+    grid, a list of per-chunk outputs, then their concatenation."""
+    from ddmi.domains.image import scale_injection
+    from ddmi.fields import image_grid
+    coords = image_grid(r).reshape(-1, 2)
+    si = torch.full((field.batch_size,), scale_injection(train_resolution, r))
+    outs = [field.decoder(field.planes, coords[None, i:i + field.chunk].expand(field.batch_size, -1, -1), si=si)
+            for i in range(0, len(coords), field.chunk)]
+    return torch.cat(outs, dim=1).transpose(1, 2).reshape(field.batch_size, 3, r, r).clamp(-1, 1)
+
+
+def _memory_rows(label: str, ctx: Context) -> list[Row]:
+    from ddmi.config import load_config
+    from ddmi.domains.image import render_image
+    from ddmi.models import build_autoencoder
+
+    cfg = load_config("image-tiny", [])
+    torch.manual_seed(0)
+    ae = build_autoencoder(cfg).eval()
+    z = torch.randn(1, *ae.latent_shape)
+    render = (lambda f, r: _render_whole_grid(f, r, ae.resolution)) if label == "before" else \
+        (lambda f, r: render_image(f, r, train_resolution=ae.resolution))
+    rows = []
+    for r in (1024, 2048, 4096):
+        def run():
+            with torch.inference_mode():
+                render(ae.decode(z, chunk=8192), r)
+        t = bench(run, warmup=0, repeats=1)
+        rows.append(t.row(f"decode-mem-{r}-{label}", f"{label}: render image-tiny at {r}x{r}", "s",
+                          f"output {r * r * 3 * 4 / 2**20:.0f} MiB; chunk 8192 points"))
+    return rows
+
+
+@case("decode-memory-before", slow=True)
+def decode_memory_before(ctx: Context) -> list[Row]:
+    """image-tiny at 1024^2 .. 4096^2 through the previous whole-grid path (time, +RSS)."""
+    return _memory_rows("before", ctx)
+
+
+@case("decode-memory-after", slow=True)
+def decode_memory_after(ctx: Context) -> list[Row]:
+    """image-tiny at 1024^2 .. 4096^2, streamed: coordinates per chunk of rows, written into the
+    output (time, +RSS; the output alone is R^2 x 3 x 4 bytes)."""
+    return _memory_rows("after", ctx)

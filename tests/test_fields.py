@@ -28,3 +28,18 @@ def test_chunked_query_equals_one_pass_and_slicing():
     assert whole.shape == (3, 1000, 3)
     assert torch.allclose(whole, chunked, atol=1e-5)
     assert torch.allclose(Field(planes, mlp, {"si": si})[1].query(coords), whole[1:2], atol=1e-5)
+
+
+def test_streamed_image_render_equals_one_query_of_the_whole_grid():
+    """render_image makes each chunk's coordinates itself (whole rows, the last block short) and
+    writes into one output: it must equal querying the full pixel-centre grid at once."""
+    from ddmi.domains.image import render_image, scale_injection
+    torch.manual_seed(0)
+    mlp = ImageMLP(ImageMLPSpec(plane_channels=8, num_scales=2, hidden=32, scale_embed_dim=16))
+    planes = [torch.randn(2, 8, 4, 4), torch.randn(2, 8, 8, 8)]
+    field = Field(planes, mlp, {}, chunk=50)                       # 2 rows of 24 per call, 25 rows
+    out = render_image(field, 24, train_resolution=16, height=25)
+    si = torch.full((2,), scale_injection(16, 24))
+    ref = Field(planes, mlp, {}, chunk=10**6).query(image_grid(25, 24).reshape(-1, 2), si=si)
+    assert out.shape == (2, 3, 25, 24)
+    assert torch.allclose(out, ref.transpose(1, 2).reshape(2, 3, 25, 24).clamp(-1, 1), atol=1e-5)

@@ -209,9 +209,13 @@ class Field:
         if coords.dim() == 2:
             coords = coords.unsqueeze(0).expand(self.batch_size, -1, -1)
         cond = {**self.cond, **cond_override}
-        outs = [self.decoder(self.planes, coords[:, i:i + self.chunk], **cond)
-                for i in range(0, coords.shape[1], self.chunk)]
-        return torch.cat(outs, dim=1)
+        out = None      # filled chunk by chunk: no list of pieces and no concatenated copy
+        for i in range(0, coords.shape[1], self.chunk):
+            part = self.decoder(self.planes, coords[:, i:i + self.chunk], **cond)
+            if out is None:
+                out = part.new_empty(part.shape[0], coords.shape[1], part.shape[2])
+            out[:, i:i + part.shape[1]] = part
+        return out
 
     def __getitem__(self, index) -> "Field":
         """A field restricted to some of the batch: ``field[i]`` or ``field[a:b]``."""

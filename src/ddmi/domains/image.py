@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..fields import Field, image_grid
+from ..fields import Field, image_grid, pixel_centers
 
 MULTISCALE_CHOICES = ((1.0, 0.3), (1.5, 0.3), (2.0, 0.4))  # (zoom factor, probability)
 
@@ -88,7 +88,13 @@ def render_image(field: Field, resolution: int, *, train_resolution: int,
     """
     height = resolution if height is None else height
     device = field.planes[0].device
-    coords = image_grid(height, resolution, device=device).reshape(-1, 2)
     si = torch.full((field.batch_size,), scale_injection(train_resolution, resolution), device=device)
-    rgb = field.query(coords, si=si)
-    return rgb.transpose(1, 2).reshape(field.batch_size, 3, height, resolution).clamp(-1.0, 1.0)
+    ys, xs = pixel_centers(height, device=device), pixel_centers(resolution, device=device)
+    out = torch.empty(field.batch_size, 3, height, resolution, device=device)
+    rows = max(1, field.chunk // resolution)      # whole rows per MLP call: memory = output + O(chunk)
+    for y0 in range(0, height, rows):
+        y = ys[y0:y0 + rows]
+        coords = torch.stack([xs.expand(len(y), -1), y[:, None].expand(-1, resolution)], dim=-1).reshape(-1, 2)
+        rgb = field.query(coords, si=si)                                    # (B, rows * W, 3)
+        out[:, :, y0:y0 + len(y)] = rgb.transpose(1, 2).reshape(field.batch_size, 3, len(y), resolution)
+    return out.clamp_(-1.0, 1.0)
