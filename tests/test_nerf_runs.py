@@ -109,3 +109,48 @@ def test_overfit_one_scene_longer(tmp_path):
     floor is 1 dB above the 120-step figure)."""
     got, white = overfit_one_scene(tmp_path, steps=600, overrides=["train.lr=2e-3"])
     assert got >= 21.0, (got, white)
+
+
+def _two_colour_cars(root, resolution=32):
+    """Two cars of identical shape and cameras, one red and one blue: only the colour differs."""
+    from ddmi.data import synthetic_nerf as sn
+    from ddmi.render.volume import turntable_poses
+    parts, colours = sn.make_car(np.random.default_rng(0))
+    poses = turntable_poses(12, radius=3.2, elevation=0.4)
+    files = []
+    for k, body in enumerate([(0.9, 0.1, 0.1), (0.1, 0.2, 0.9)]):
+        c = colours.copy()
+        c[0] = body
+        files.append(write_scene(root / "cars" / "sampled" / f"car{k}.npz", sn.render_car_views(parts, c, poses, resolution),
+                                 poses.numpy(), sn.coloured_points(parts, c, np.random.default_rng(k + 1), 2048)))
+    return files
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known defect (docs/nerf.md): colour does not pass through the "
+                                       "tri-plane latent within a CPU-size budget")
+def test_colour_passes_through_the_latent(tmp_path):
+    """Stage 1 on a red and a blue car of the same shape: after 400 steps the red car's
+    reconstruction must be redder than the blue one's (mean R - B over the car's pixels)."""
+    torch.manual_seed(0)
+    files = _two_colour_cars(tmp_path)
+    cfg = load_config("nerf-tiny", ["loss.sn_reg=false"])
+    nc = cfg.nerf
+    ds = NeRFDataset(tmp_path, files=files, num_points=nc.num_points, num_rays=nc.num_rays, ray_views=nc.ray_views)
+    ae = build_autoencoder(cfg)
+    opt = torch.optim.AdamW(ae.parameters(), lr=cfg.train.lr, betas=(0.9, 0.99))
+    g = torch.Generator().manual_seed(0)
+    for step in range(400):
+        loss, _ = ae(torch.stack([ds[(0, step)], ds[(1, step)]]), ae.random_inputs(g, 2),
+                     kl_weight=cfg.loss.kl_max, sn_weight=0.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ae.eval()
+    with torch.inference_mode():
+        z = ae.encode(torch.stack([ds[0], ds[1]])[:, :nc.num_points, :6]).mode()
+        pred = render_latents(ae, z, torch.from_numpy(ds.scene(0)["poses"][:1]), 32)[:, 0]     # (2, 3, R, R)
+    gt = torch.from_numpy(ds.scene(0)["images"][0].astype(np.float32)).permute(2, 0, 1)
+    car = gt.min(0).values < 0.9
+    redness = [float((p[0] - p[2])[car].mean()) for p in pred]
+    assert redness[0] - redness[1] > 0.1, redness          # ground truth: about 0.48
