@@ -18,8 +18,8 @@ import time
 from . import common
 from .common import CASES, Context
 
-MODULES = ("bench_stage1", "bench_decode", "bench_stage2", "bench_metrics", "bench_mesh", "bench_nerf",
-           "bench_video")
+MODULES = ("bench_stage1", "bench_decode", "bench_stage2", "bench_variants", "bench_metrics", "bench_mesh",
+           "bench_nerf", "bench_video")
 RESULT_TAG = "@@BENCH-RESULT "
 
 
