@@ -85,6 +85,13 @@ def mesh_256(ctx: Context) -> list[Row]:
     return _rows(256, ctx, repeats=1)
 
 
+@case("mesh-512", slow=True)
+def mesh_512(ctx: Context) -> list[Row]:
+    """Field query + marching cubes + writers at 512^3: memory is the 512 MiB volume plus a
+    slab of the query (``slab_points``), whatever the resolution."""
+    return _rows(512, ctx, repeats=1)
+
+
 if __name__ == "__main__":  # pragma: no cover - plain printout without the suite's subprocesses
     from .common import setup_torch
     setup_torch(2)
