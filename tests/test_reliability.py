@@ -404,7 +404,6 @@ def test_fuzzed_srn_files(tmp_path):
 def test_srn_array_mutations_hypothesis(tmp_path_factory):
     """Hypothesis replaces one array of a valid file by an arbitrary array (any dtype, any shape up
     to 4-d, any values): a DataError naming the file, or a file whose every array is sane."""
-    np = pytest.importorskip("numpy")
     hyp = pytest.importorskip("hypothesis")
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
