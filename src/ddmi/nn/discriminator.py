@@ -34,26 +34,34 @@ def _init_weights(module: nn.Module) -> None:
 
 
 class PatchDiscriminator(nn.Module):
-    """2-D PatchGAN: ``x (B, in_channels, H, W)`` -> ``(logits (B, 1, h, w), features)``.
+    """PatchGAN: ``x (B, in_channels, H, W)`` -> ``(logits (B, 1, h, w), features)`` (``dims=2``),
+    or with ``dims=3`` clips ``(B, in_channels, T, H, W)`` -> ``(logits (B, 1, t, h, w), features)``.
 
     conv4 s2 (in -> ch), LeakyReLU(0.2); ``layers - 1`` x [conv4 s2, norm, LeakyReLU] doubling the
     width (at most 8 ch); conv4 s1, norm, LeakyReLU; conv4 s1 -> 1 logit per patch. ``features``
     are the activations after every LeakyReLU (for feature matching). Weights ~ N(0, 0.02), as
     in the official code. For images the 4th input channel is the constant scale injection.
+
+    The 3-D network pads by 2 (as the official 3-D network) rather than 1, so that short clips
+    keep a non-empty output: with ``layers`` = 3 a 16-frame clip gives 5 logits along time, and an
+    8-frame clip with ``layers`` = 2 gives 5 as well (padding 1 would leave nothing after the last
+    4-wide stride-1 convolutions).
     """
 
-    def __init__(self, in_channels: int = 4, channels: int = 64, layers: int = 3):
+    def __init__(self, in_channels: int = 4, channels: int = 64, layers: int = 3, *, dims: int = 2):
         super().__init__()
-        blocks: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2))]
+        conv = {2: nn.Conv2d, 3: nn.Conv3d}[dims]
+        pad = 1 if dims == 2 else 2
+        blocks: list[nn.Module] = [nn.Sequential(conv(in_channels, channels, 4, 2, pad), nn.LeakyReLU(0.2))]
         ch = channels
         for i in range(1, layers):
             nxt = channels * min(2 ** i, 8)
-            blocks.append(nn.Sequential(nn.Conv2d(ch, nxt, 4, 2, 1, bias=False), _norm(nxt), nn.LeakyReLU(0.2)))
+            blocks.append(nn.Sequential(conv(ch, nxt, 4, 2, pad, bias=False), _norm(nxt), nn.LeakyReLU(0.2)))
             ch = nxt
         nxt = channels * min(2 ** layers, 8)
-        blocks.append(nn.Sequential(nn.Conv2d(ch, nxt, 4, 1, 1, bias=False), _norm(nxt), nn.LeakyReLU(0.2)))
+        blocks.append(nn.Sequential(conv(ch, nxt, 4, 1, pad, bias=False), _norm(nxt), nn.LeakyReLU(0.2)))
         self.blocks = nn.ModuleList(blocks)
-        self.head = nn.Conv2d(nxt, 1, 4, 1, 1)
+        self.head = conv(nxt, 1, 4, 1, pad)
         _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -64,36 +72,11 @@ class PatchDiscriminator(nn.Module):
         return self.head(x), feats
 
 
-class PatchDiscriminator3D(nn.Module):
-    """3-D PatchGAN on clips: ``x (B, in_channels, T, H, W)`` -> ``(logits (B, 1, t, h, w), features)``.
-
-    The layers of :class:`PatchDiscriminator` with 4x4x4 ``Conv3d`` (strides 2 on all three axes,
-    then 1). The padding is 2 (as in the official 3-D network) rather than the 2-D one's 1, so
-    that short clips keep a non-empty output: with ``layers`` = 3 a 16-frame clip gives 5 logits
-    along time, and an 8-frame clip with ``layers`` = 2 gives 5 as well (padding 1 would leave
-    nothing after the last 4-wide stride-1 convolutions).
-    """
+class PatchDiscriminator3D(PatchDiscriminator):
+    """The 3-D PatchGAN on clips (:class:`PatchDiscriminator` with ``dims=3``)."""
 
     def __init__(self, in_channels: int = 3, channels: int = 64, layers: int = 3):
-        super().__init__()
-        blocks: list[nn.Module] = [nn.Sequential(nn.Conv3d(in_channels, channels, 4, 2, 2), nn.LeakyReLU(0.2))]
-        ch = channels
-        for i in range(1, layers):
-            nxt = channels * min(2 ** i, 8)
-            blocks.append(nn.Sequential(nn.Conv3d(ch, nxt, 4, 2, 2, bias=False), _norm(nxt), nn.LeakyReLU(0.2)))
-            ch = nxt
-        nxt = channels * min(2 ** layers, 8)
-        blocks.append(nn.Sequential(nn.Conv3d(ch, nxt, 4, 1, 2, bias=False), _norm(nxt), nn.LeakyReLU(0.2)))
-        self.blocks = nn.ModuleList(blocks)
-        self.head = nn.Conv3d(nxt, 1, 4, 1, 2)
-        _init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        feats = []
-        for block in self.blocks:
-            x = block(x)
-            feats.append(x)
-        return self.head(x), feats
+        super().__init__(in_channels, channels, layers, dims=3)
 
 
 class VideoDiscriminator(nn.Module):
