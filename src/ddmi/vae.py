@@ -159,13 +159,17 @@ class PlaneDecoder(nn.Module):
 
 
 class ConvVAE(nn.Module):
-    """Encoder + posterior + plane decoder for a single 2-D plane (the image domain)."""
+    """Encoder -> diagonal Gaussian posterior -> plane decoder; here for a single 2-D plane (the
+    image domain). The tri-plane and video VAEs subclass it and change only the two networks."""
+
+    encoder_class: type[nn.Module] = Encoder
+    decoder_class: type[nn.Module] = PlaneDecoder
 
     def __init__(self, spec: ConvVAESpec):
         super().__init__()
         self.spec = spec
-        self.encoder = Encoder(spec)
-        self.decoder = PlaneDecoder(spec)
+        self.encoder = self.encoder_class(spec)
+        self.decoder = self.decoder_class(spec)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         return DiagonalGaussian(self.encoder(x))

@@ -26,7 +26,7 @@ from torch import nn
 from .nn.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
 from .nn.pointnet import ResnetBlockFC
 from .triplane import fold, sample_triplane, triplane_grid, unfold
-from .vae import ConvVAESpec, DiagonalGaussian
+from .vae import ConvVAE, ConvVAESpec
 
 
 @dataclass
@@ -136,18 +136,11 @@ class TriplaneDecoder(nn.Module):
         return planes
 
 
-class TriplaneVAE(nn.Module):
-    def __init__(self, spec: TriplaneVAESpec):
-        super().__init__()
-        self.spec = spec
-        self.encoder = TriplaneEncoder(spec)
-        self.decoder = TriplaneDecoder(spec)
+class TriplaneVAE(ConvVAE):
+    """Three planes in (``(B, 3, C, R, R)``), a tri-plane latent, tri-planes out."""
 
-    def encode(self, planes: torch.Tensor) -> DiagonalGaussian:
-        return DiagonalGaussian(self.encoder(planes))
-
-    def decode(self, z: torch.Tensor) -> list[torch.Tensor]:
-        return self.decoder(z)
+    encoder_class = TriplaneEncoder
+    decoder_class = TriplaneDecoder
 
 
 class OccupancyMLP(nn.Module):

@@ -35,7 +35,7 @@ from .nn.blocks import AttnBlock, ResnetBlock, group_norm
 from .nn.pointnet import ResnetBlockFC
 from .nn.spectral import SpectralRegularizer
 from .nn.timesformer import AxisCollapser, TimeSformer
-from .vae import DiagonalGaussian
+from .vae import ConvVAE, DiagonalGaussian
 
 PLANES = ("xy", "xt", "yt")
 
@@ -245,18 +245,11 @@ class VideoDecoder(nn.Module):
         return out
 
 
-class VideoVAE(nn.Module):
-    def __init__(self, spec: VideoVAESpec):
-        super().__init__()
-        self.spec = spec
-        self.encoder = VideoEncoder(spec)
-        self.decoder = VideoDecoder(spec)
+class VideoVAE(ConvVAE):
+    """Clips in (``(B, 3, T, H, W)``), a space-time latent, xy / xt / yt planes out."""
 
-    def encode(self, clip: torch.Tensor) -> DiagonalGaussian:
-        return DiagonalGaussian(self.encoder(clip))
-
-    def decode(self, z: torch.Tensor) -> list[torch.Tensor]:
-        return self.decoder(z)
+    encoder_class = VideoEncoder
+    decoder_class = VideoDecoder
 
 
 def plane_features(planes: list[torch.Tensor], coords: torch.Tensor, k: int) -> torch.Tensor:
