@@ -26,8 +26,6 @@ plain ``i`` gives one fixed draw per item (for caches and previews).
 from __future__ import annotations
 
 import os
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Union
 
@@ -37,6 +35,7 @@ import yaml
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from .npz import load_npz
 
 PathLike = Union[str, os.PathLike]
 SPLITS = ("train", "val", "test")
@@ -47,26 +46,6 @@ __all__ = ["ShapesDataset", "read_points_npz", "read_pointcloud_npz", "write_poi
 
 # ------------------------------------------------------------------------------------------
 # files
-
-
-def _load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in keys if k not in data.files]
-            if missing:
-                raise DataError(f"{path}: missing array(s) {', '.join(repr(k) for k in missing)} "
-                                f"(has: {', '.join(data.files) or 'nothing'})")
-            return {k: data[k] for k in keys}
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except MemoryError as exc:   # a damaged .npy header can declare an array of petabytes
-        raise DataError(f"{path}: an array's header declares more data than can be allocated "
-                        f"({exc})".splitlines()[0]) from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error) as exc:
-        # NotImplementedError: a damaged zip header names an unknown compression or version
-        raise DataError(f"{path}: unreadable .npz file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
 
 
 def _check_xyz(path: Path, name: str, a: np.ndarray) -> np.ndarray:
@@ -87,7 +66,7 @@ def read_points_npz(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     format) or plain (bool / 0-1 numbers of length ``P``).
     """
     path = Path(path)
-    d = _load_npz(path, ("points", "occupancies"))
+    d = load_npz(path, ("points", "occupancies"))
     points = _check_xyz(path, "points", d["points"])
     occ, n = d["occupancies"].reshape(-1), len(points)
     if not (occ.dtype == bool or np.issubdtype(occ.dtype, np.number)):
@@ -105,17 +84,10 @@ def read_points_npz(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
 def read_pointcloud_npz(path: PathLike) -> np.ndarray:
     """``pointcloud.npz`` -> surface ``points (M, 3) float32`` (``normals`` is checked if present)."""
     path = Path(path)
-    points = _check_xyz(path, "points", _load_npz(path, ("points",))["points"])
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "normals" in data.files and data["normals"].shape != points.shape:
-                raise DataError(f"{path}: 'normals' has shape {data['normals'].shape}, "
-                                f"'points' {points.shape}")
-    except DataError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error,
-            MemoryError) as exc:  # 'normals' is read only here
-        raise DataError(f"{path}: unreadable 'normals' ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    d = load_npz(path, ("points",), optional=("normals",))
+    points = _check_xyz(path, "points", d["points"])
+    if "normals" in d and d["normals"].shape != points.shape:
+        raise DataError(f"{path}: 'normals' has shape {d['normals'].shape}, 'points' {points.shape}")
     return points
 
 

@@ -31,8 +31,6 @@ training position ``pos`` draws from a generator seeded with ``(seed, i, pos)`` 
 from __future__ import annotations
 
 import os
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Union
 
@@ -41,6 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from .npz import load_npz
 from ..render.volume import SRN_FOV, focal_from_fov
 
 PathLike = Union[str, os.PathLike]
@@ -54,23 +53,8 @@ def read_scene(path: PathLike) -> dict[str, np.ndarray]:
     """One srn-cars ``.npz`` -> ``images (V, H, W, 3)`` float16/32 in [0, 1], ``poses (V, 4, 4)``
     float32, ``points (P, 6)`` float32. Raises :class:`DataError` naming the file."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in ("images", "cam_poses", "data") if k not in data.files]
-            if missing:
-                raise DataError(f"{path}: missing array(s) {', '.join(repr(k) for k in missing)} "
-                                f"(has: {', '.join(data.files) or 'nothing'})")
-            images, poses, points = data["images"], data["cam_poses"], data["data"]
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except MemoryError as exc:   # a damaged .npy header can declare an array of petabytes
-        raise DataError(f"{path}: an array's header declares more data than can be allocated "
-                        f"({exc})".splitlines()[0]) from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error) as exc:
-        # NotImplementedError: a damaged zip header names an unknown compression or version
-        raise DataError(f"{path}: unreadable .npz file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    d = load_npz(path, ("images", "cam_poses", "data"))
+    images, poses, points = d["images"], d["cam_poses"], d["data"]
     if images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape:
         raise DataError(f"{path}: 'images' must have shape (V, H, W, 3), got {images.shape}")
     if images.dtype == np.uint8:
