@@ -86,9 +86,8 @@ def generate(run_dir: Path, ae, cfg, *, num: int, sampler: str | None, steps: in
     """``num`` latents sampled with the run's EMA denoiser (the seeds of ``ddmi sample --seed``):
     ``(z, sampler, steps)`` (the sampler and step count actually used)."""
     from .ldm import load_diffusion
-    from .stage2 import generate_latents, noise_for
-    sampler = sampler or cfg.ldm.sampler
-    steps = steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
+    from .stage2 import generate_latents, noise_for, resolve_sampler
+    sampler, steps = resolve_sampler(cfg, sampler, steps)
     diffusion = load_diffusion(run_dir, ae.latent_shape, ema=True)
     noises = torch.stack([noise_for(seed, i, ae.latent_shape) for i in range(num)])
     with torch.inference_mode():

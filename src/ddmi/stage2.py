@@ -288,11 +288,17 @@ def _check_free(paths: list[Path], overwrite: bool) -> None:
                         "pass --overwrite or choose another --out")
 
 
+def resolve_sampler(cfg, sampler: str | None, steps: int | None) -> tuple[str, int | None]:
+    """The sampler and step count to use: the run's ``ldm.sampler`` unless one is named; its
+    ``ldm.sample_steps`` applies only to that sampler (another one gets its own default)."""
+    sampler = sampler or cfg.ldm.sampler
+    return sampler, steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
+
+
 def sampling_plan(args, cfg, latent_shape) -> tuple[str, int | None, torch.Tensor]:
     """``(sampler, steps, noises)`` of ``ddmi sample``: ``--num`` seeded noises, or, with
     ``--interpolate``, ``--num`` slerps between the noises of seeds ``--seed`` and ``--seed + 1``."""
-    sampler = args.sampler or cfg.ldm.sampler
-    steps = args.steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
+    sampler, steps = resolve_sampler(cfg, args.sampler, args.steps)
     if args.interpolate:
         a, b = noise_for(args.seed, 0, latent_shape), noise_for(args.seed + 1, 0, latent_shape)
         noises = torch.stack([slerp(a, b, float(t)) for t in np.linspace(0, 1, max(2, args.num))])
