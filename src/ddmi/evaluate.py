@@ -47,13 +47,20 @@ DEFAULT_RUN_METRICS = {("image", "ldm"): ("fid", "kid"), ("image", "vae"): ("rfi
 GENERATION_METRICS = {"fid", "kid", "fvd", "mmd-cd", "cov-cd", "1nna-cd"}
 
 
+def seeded_subset(n: int, num: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of ``num`` of ``n`` items drawn with ``seed`` (all of them when ``num`` is
+    None or at least ``n``)."""
+    if num is None or num >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, num, replace=False))
+
+
 def _images_uint8(dataset, *, num: int | None, resolution: int, seed: int, batch_size: int):
     """uint8 batches (B, 3, R, R) of a seeded subset of an image dataset, resized to R."""
     n = len(dataset)
     if n == 0:
         raise DataError(f"no images in {dataset.root}")
-    idx = np.arange(n) if num is None or num >= n else np.sort(
-        np.random.default_rng(seed).choice(n, num, replace=False))
+    idx = seeded_subset(n, num, seed)
     for start in range(0, len(idx), batch_size):
         x = torch.stack([dataset[int(i)] for i in idx[start:start + batch_size]])
         yield to_uint8(resize(x, resolution)), idx[start:start + batch_size]

@@ -113,14 +113,10 @@ def clips_uint8(clips: torch.Tensor) -> torch.Tensor:
 def _clip_set(root, split: str, ae, *, num: int | None, seed: int):
     """A seeded subset (at most ``num``) of one fixed ``ae.frames``-frame window per video of the
     ``split`` folder of ``root`` (``train`` falls back to ``root`` itself): ``(dataset, indices)``."""
-    import numpy as np
-
     from ..data.videos import VideoFolderDataset
+    from ..evaluate import seeded_subset
     ds = VideoFolderDataset(root, split=split, frames=ae.frames, resolution=ae.resolution, seed=seed)
-    idx = np.arange(len(ds))
-    if num is not None and num < len(ds):
-        idx = np.sort(np.random.default_rng(seed).choice(len(ds), num, replace=False))
-    return ds, [int(i) for i in idx]
+    return ds, [int(i) for i in seeded_subset(len(ds), num, seed)]
 
 
 def evaluate_video_run(run_dir: Path, cfg, *, metrics, num, sampler, steps, batch_size, ref, i3d, seed: int = 0,
@@ -184,10 +180,8 @@ def evaluate_video_run(run_dir: Path, cfg, *, metrics, num, sampler, steps, batc
         results.update(num_recon=len(idx), recon_folder=str(ds.root))
 
     if "fvd" in metrics:
-        ds, idx = _clip_set(ref or cfg.data.dir, "train", ae, num=None, seed=seed)
+        ds, idx = _clip_set(ref or cfg.data.dir, "train", ae, num=num, seed=seed)
         num_gen = num or len(idx)
-        if num is not None and num < len(idx):
-            _, idx = _clip_set(ref or cfg.data.dir, "train", ae, num=num, seed=seed)
         if min(num_gen, len(idx)) < 2:
             raise DataError(f"FVD needs at least 2 clips on each side (got {num_gen} generated, {len(idx)} reference)")
         z, sampler, steps = generate(run_dir, ae, cfg, num=num_gen, sampler=sampler, steps=steps,
