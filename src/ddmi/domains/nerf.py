@@ -206,14 +206,12 @@ def reconstruct_nerf_command(ae, args, log=print) -> int:
         frames = to_uint8(pred)
         for k, f in zip(views, frames):
             write_png(out / f"{stem}_view{k:03d}.png", f)
-        gt = torch.from_numpy(s["images"][views].astype(np.float32)).permute(0, 3, 1, 2)
+        gt = _gt_views(s, views, res)
         entry = {"views": views.tolist(), "resolution": res}
         if res == w and h == w:
             entry["psnr"] = float(psnr(pred.float(), gt, data_range=1.0).mean())
             if res >= 11:
                 entry["ssim"] = float(ssim(pred.float(), gt, data_range=1.0).mean())
-        else:
-            gt = torch.nn.functional.interpolate(gt, size=(res, res), mode="bilinear", antialias=True)
         results[str(path)] = entry
         write_png(out / f"{stem}_compare.png", sheet([to_uint8(gt), frames]))
     scored = [e["psnr"] for e in results.values() if "psnr" in e]
