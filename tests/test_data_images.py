@@ -381,6 +381,33 @@ def test_render_synthetic_image_is_structured():
     assert np.abs(down - small.astype(int)).mean() < 8  # same scene at any resolution
 
 
+def test_simple_style_is_one_flat_shape_on_a_flat_background():
+    for i in range(12):
+        im = render_synthetic_image(np.random.default_rng(i), 32, "simple").reshape(-1, 3).astype(int)
+        colours, counts = np.unique(im, axis=0, return_counts=True)
+        order = np.argsort(counts)[::-1]
+        background, shape = colours[order[0]], colours[order[1]]
+        # two flat colours cover everything but the anti-aliased edge pixels
+        assert counts[order[0]] > 0.4 * len(im) and counts[order[1]] > 0.05 * len(im)
+        assert counts[order[0]] + counts[order[1]] > 0.8 * len(im)
+        assert np.abs(background - shape).max() > 60  # the shape stands out
+        assert (im[0] == background).all()  # a corner is background (shapes stay inside)
+    big = render_synthetic_image(np.random.default_rng(5), 128, "simple")
+    small = render_synthetic_image(np.random.default_rng(5), 32, "simple")
+    down = np.asarray(Image.fromarray(big).resize((32, 32), Image.BOX)).astype(int)
+    assert np.abs(down - small.astype(int)).mean() < 4  # the same scene at any resolution
+
+
+def test_synth_images_style_is_validated_and_written(tmp_path):
+    with pytest.raises(ConfigError, match="style"):
+        synth_images(tmp_path / "bad", num=1, resolution=8, seed=0, style="fancy")
+    assert not (tmp_path / "bad").exists()  # nothing written for a bad option
+    from ddmi.cli import main
+    assert main(["synth", "image", str(tmp_path / "s"), "--num", "2", "--resolution", "16", "--style", "simple"]) == 0
+    written = np.asarray(Image.open(tmp_path / "s" / "train" / "00001.png"))
+    assert (written == render_synthetic_image(np.random.default_rng([0, 0, 1]), 16, "simple")).all()
+
+
 def test_synth_images_layout_and_determinism(tmp_path):
     paths = synth_images(tmp_path / "a", num=5, resolution=16, seed=7, split_test=2)
     assert [p.relative_to(tmp_path / "a").as_posix() for p in paths] == [

@@ -114,7 +114,8 @@ def cmd_synth(args) -> int:
     from .data import synthetic
     if args.kind == "image":
         paths = synthetic.synth_images(args.out_dir, num=args.num, resolution=args.resolution,
-                                       seed=args.seed, overwrite=args.overwrite, split_test=args.test)
+                                       seed=args.seed, overwrite=args.overwrite, split_test=args.test,
+                                       style=args.style)
     elif args.kind == "shapes":
         points = 30_000 if args.points is None else args.points
         paths = synthetic.synth_shapes(args.out_dir, num=args.num, seed=args.seed, overwrite=args.overwrite,
@@ -258,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--test", type=int, default=0,
                    help="also write this many test items (video: val videos, default num // 8, at least 1)")
+    s.add_argument("--style", choices=["scenes", "simple"], default="scenes",
+                   help="image: 'scenes' (1-3 textured shapes with shadows on a gradient) or 'simple' "
+                   "(one flat shape on a flat background; the demo's data)")
     s.add_argument("--frames", type=int, default=16, help="video: frames per video")
     s.add_argument("--points", type=int, default=None,
                    help="shapes: query points and surface points per shape (default 30k; ONet's files hold "

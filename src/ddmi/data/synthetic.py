@@ -169,8 +169,17 @@ def _shape_sdf(kind: str, params: dict, lx: np.ndarray, ly: np.ndarray) -> np.nd
     return _sdf_triangle(lx, ly, params["verts"])
 
 
-def render_synthetic_image(rng: np.random.Generator, resolution: int) -> np.ndarray:
-    """Render one synthetic image: 1-3 anti-aliased shapes on a gradient background.
+#: Styles of :func:`render_synthetic_image`.
+IMAGE_STYLES = ("scenes", "simple")
+
+
+def render_synthetic_image(rng: np.random.Generator, resolution: int, style: str = "scenes") -> np.ndarray:
+    """Render one synthetic image.
+
+    ``style="scenes"`` (default): 1-3 anti-aliased shapes on a gradient background, described
+    below. ``style="simple"``: one flat-coloured ellipse, rectangle or triangle on a flat
+    background of a contrasting hue (:func:`_render_simple_image`); this is the demo's data,
+    chosen so that a tiny model learns it within a few minutes of CPU time.
 
     The scene is defined in continuous coordinates, so the same draws give the same picture at
     any ``resolution``: a two-colour linear gradient background; then ellipses/circles,
@@ -183,9 +192,13 @@ def render_synthetic_image(rng: np.random.Generator, resolution: int) -> np.ndar
         ``(resolution, resolution, 3)`` ``uint8`` RGB array.
     """
     res = _check_int("resolution", resolution, 1)
+    if style not in IMAGE_STYLES:
+        raise ConfigError(f"unknown synthetic image style {style!r}; choose one of {', '.join(IMAGE_STYLES)}")
     pixel = 1.0 / res
     coords = (np.arange(res, dtype=np.float64) + 0.5) * pixel  # pixel centres in [0, 1]
     x, y = np.meshgrid(coords, coords, indexing="xy")  # x: width, y: height (down)
+    if style == "simple":
+        return _to_uint8(_render_simple_image(rng, x, y, pixel))
 
     # Background: two related colours, light or dark theme, along a random direction.
     hue = rng.random()
@@ -253,6 +266,30 @@ def render_synthetic_image(rng: np.random.Generator, resolution: int) -> np.ndar
         alpha = _edge_coverage(sdf, pixel)[..., None]
         img = img * (1.0 - alpha) + fill * alpha
 
+    return _to_uint8(img)
+
+
+def _render_simple_image(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, pixel: float) -> np.ndarray:
+    """One flat shape on a flat background, at pixel centres ``(x, y)``: ``(H, W, 3)`` in [0, 1].
+
+    The background is light or dark, of any hue, moderately saturated; the shape's hue is at
+    least a quarter turn away and its brightness contrasts with the background.
+    """
+    hue = rng.random()
+    dark = rng.random() < 0.4
+    background = _hsv(hue, rng.uniform(0.25, 0.6), rng.uniform(0.15, 0.3) if dark else rng.uniform(0.75, 0.95))
+    kind = ("ellipse", "rectangle", "triangle")[rng.integers(3)]
+    size = rng.uniform(0.2, 0.32)
+    cx, cy = rng.uniform(0.3, 0.7, 2)
+    lx, ly = _rotate(x - cx, y - cy, rng.uniform(0, 2 * np.pi))
+    sdf = _shape_sdf(kind, _draw_shape(kind, size, rng), lx, ly)
+    fill = _hsv(hue + rng.uniform(0.25, 0.75), rng.uniform(0.6, 0.95),
+                rng.uniform(0.75, 1.0) if dark else rng.uniform(0.3, 0.6))
+    alpha = _edge_coverage(sdf, pixel)[..., None]
+    return background * (1.0 - alpha) + fill * alpha
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(img * 255.0 + 0.5), 0, 255).astype(np.uint8)
 
 
@@ -264,8 +301,10 @@ def synth_images(
     seed: int,
     overwrite: bool = False,
     split_test: int = 0,
+    style: str = "scenes",
 ) -> list[Path]:
-    """Write a synthetic image dataset in the ImageFolder layout.
+    """Write a synthetic image dataset in the ImageFolder layout (``style``: see
+    :func:`render_synthetic_image`).
 
     Files: ``out_dir/train/00000.png ...`` (``num`` images) and, if ``split_test > 0``,
     ``out_dir/test/00000.png ...`` (``split_test`` more, never equal to training items).
@@ -284,6 +323,8 @@ def synth_images(
     resolution = _check_int("resolution", resolution, 1)
     seed = _check_int("seed", seed, 0)
     split_test = _check_int("split_test", split_test, 0)
+    if style not in IMAGE_STYLES:
+        raise ConfigError(f"unknown synthetic image style {style!r}; choose one of {', '.join(IMAGE_STYLES)}")
     out = _prepare_out_dir(out_dir, overwrite)
 
     width = max(5, len(str(max(num, split_test) - 1)))
@@ -295,7 +336,7 @@ def synth_images(
         if overwrite:
             _remove_stale(folder, numbered, set(names))
         for i, name in enumerate(names):
-            image = render_synthetic_image(_item_rng(seed, split, i), resolution)
+            image = render_synthetic_image(_item_rng(seed, split, i), resolution, style)
             written.append(save_image(image, folder / name))
     return written
 
