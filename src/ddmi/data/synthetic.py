@@ -173,6 +173,11 @@ def _shape_sdf(kind: str, params: dict, lx: np.ndarray, ly: np.ndarray) -> np.nd
 IMAGE_STYLES = ("scenes", "simple")
 
 
+def _check_style(style: str) -> None:
+    if style not in IMAGE_STYLES:
+        raise ConfigError(f"unknown synthetic image style {style!r}; choose one of {', '.join(IMAGE_STYLES)}")
+
+
 def render_synthetic_image(rng: np.random.Generator, resolution: int, style: str = "scenes") -> np.ndarray:
     """Render one synthetic image.
 
@@ -192,8 +197,7 @@ def render_synthetic_image(rng: np.random.Generator, resolution: int, style: str
         ``(resolution, resolution, 3)`` ``uint8`` RGB array.
     """
     res = _check_int("resolution", resolution, 1)
-    if style not in IMAGE_STYLES:
-        raise ConfigError(f"unknown synthetic image style {style!r}; choose one of {', '.join(IMAGE_STYLES)}")
+    _check_style(style)
     pixel = 1.0 / res
     coords = (np.arange(res, dtype=np.float64) + 0.5) * pixel  # pixel centres in [0, 1]
     x, y = np.meshgrid(coords, coords, indexing="xy")  # x: width, y: height (down)
@@ -323,8 +327,7 @@ def synth_images(
     resolution = _check_int("resolution", resolution, 1)
     seed = _check_int("seed", seed, 0)
     split_test = _check_int("split_test", split_test, 0)
-    if style not in IMAGE_STYLES:
-        raise ConfigError(f"unknown synthetic image style {style!r}; choose one of {', '.join(IMAGE_STYLES)}")
+    _check_style(style)
     out = _prepare_out_dir(out_dir, overwrite)
 
     width = max(5, len(str(max(num, split_test) - 1)))
