@@ -15,6 +15,7 @@ from ddmi.metrics.fid import (
     iter_uint8_batches,
     kid_from_folders,
     list_images,
+    load_image,
     to_uint8,
 )
 
@@ -68,6 +69,23 @@ def test_list_images_recursive_sorted_and_modes(tmp_path):
     assert len(subset) == 2 and subset == sorted(subset, key=lambda p: p.relative_to(tmp_path).as_posix())
     with pytest.raises(DataError, match="fewer"):
         list_images(tmp_path, num=5)
+
+
+def test_evaluation_reads_folders_as_training_does(tmp_path):
+    """FID sees the same files and pixels as training: hidden files skipped, alpha on white."""
+    from ddmi.data.images import ImageFolderDataset
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:4, :, 3] = 255                         # top half opaque red, bottom half transparent
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / ".hidden.png")
+    assert [p.name for p in list_images(tmp_path)] == ["a.png"]
+    img = load_image(tmp_path / "a.png")
+    assert img.shape == (3, 8, 8)
+    assert img[:, :4].tolist() == [[[200] * 8] * 4, [[0] * 8] * 4, [[0] * 8] * 4]
+    assert (img[:, 4:] == 255).all()             # transparent pixels are white, not black
+    trained = ImageFolderDataset(tmp_path, resolution=8)[0]            # (3, 8, 8) in [-1, 1]
+    assert torch.equal(((trained + 1) * 127.5).round().to(torch.uint8), img)
 
 
 def test_empty_and_missing_folder(tmp_path):

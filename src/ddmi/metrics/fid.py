@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from ddmi.data.images import IMAGE_EXTENSIONS
+from ddmi.data.images import list_images as _list_training_images
+from ddmi.data.images import load_image as _load_training_image
 from ddmi.errors import DataError
 from ddmi.metrics.frechet import frechet_distance_of_features, kid
 
@@ -37,7 +39,6 @@ __all__ = [
     "to_uint8",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _CACHE_FORMAT = 1
 
 Extractor = Callable[[torch.Tensor], np.ndarray]
@@ -52,20 +53,14 @@ def default_cache_dir() -> Path:
 
 
 def list_images(folder: str | os.PathLike, *, num: int | None = None, seed: int = 0) -> list[Path]:
-    """Image files under ``folder`` (recursive), sorted by relative path.
+    """Image files under ``folder``, found and ordered exactly as training finds them
+    (:func:`ddmi.data.images.list_images`: recursive, sorted by relative path, hidden files skipped).
 
     With ``num``, a seeded random subset of ``num`` files (returned in sorted order) is used, so
     that a class-sorted folder (AFHQ: cats, then dogs) is not truncated to one class.
     """
     root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise DataError(f"image folder not found: {root}")
-    files = sorted(
-        (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
-    if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in folder {root}")
+    files = _list_training_images(root)
     if num is not None:
         if num < 1:
             raise ValueError(f"num must be positive, got {num}")
@@ -78,13 +73,10 @@ def list_images(folder: str | os.PathLike, *, num: int | None = None, seed: int 
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """Read an image file in any mode as RGB uint8 (3, H, W); DataError naming the file if unreadable."""
-    try:
-        with Image.open(path) as img:
-            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    """An image file as RGB uint8 ``(3, H, W)``, decoded exactly as for training
+    (:func:`ddmi.data.images.load_image`: EXIF orientation, transparency on white); DataError
+    naming the file if unreadable."""
+    return torch.from_numpy(_load_training_image(path)).permute(2, 0, 1)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
