@@ -73,6 +73,24 @@ def test_corrupt_frame_names_the_file(tmp_path):
         ds[0]
 
 
+def test_skip_bad_videos(tmp_path):
+    """``skip_bad``: a damaged video is skipped with one warning, replaced by the next readable
+    one (the same one every time); without it, the damage is an error naming the file."""
+    for name, value in (("a", 0), ("b", 100), ("c", 200)):
+        _frames(tmp_path / "train" / name, 8, value=value)
+    (tmp_path / "train" / "b" / "frame5.png").write_bytes(b"\x89PNG\r\n\x1a\n damaged")
+    (tmp_path / "train" / "d.mp4").write_bytes(b"not a video")     # cannot even be opened
+    with pytest.raises(DataError, match="d.mp4"):
+        VideoFolderDataset(tmp_path, frames=8, resolution=4)
+    warnings = []
+    ds = VideoFolderDataset(tmp_path, frames=8, resolution=4, skip_bad=True, log=warnings.append)
+    assert len(ds) == 3 and len(warnings) == 1 and "d.mp4" in warnings[0]
+    assert torch.equal(ds[(1, 7)], ds[(2, 7)])                      # b -> c
+    assert ds[(1, 7)].mean().item() == pytest.approx(200 / 127.5 - 1, abs=1e-6)
+    assert torch.equal(ds[1], ds[(2, -1)])
+    assert len(warnings) == 2 and "frame5.png" in warnings[1]       # warned once, not per read
+
+
 def test_video_files(tmp_path):
     pytest.importorskip("av")
     from ddmi.render.video import write_mp4

@@ -173,12 +173,12 @@ class VideoVAETask(VAETask):
             raise ConfigError("no training data: set data.dir=FOLDER (frame folders; see `ddmi synth video`)")
         self.cfg = cfg
         kw = dict(frames=cfg.video.frames, resolution=cfg.data.resolution, seed=cfg.seed, log=log)
-        self.dataset = VideoFolderDataset(cfg.data.dir, split="train", **kw)
+        self.dataset = VideoFolderDataset(cfg.data.dir, split="train", skip_bad=cfg.data.skip_bad, **kw)
         self.num_workers = cfg.data.num_workers
         self.autoencoder = build_autoencoder(cfg)
         self.module = _Forward(self.autoencoder, load_perceptual(cfg, log), cfg.loss.lpips_weight)
         try:  # held-out videos for the reconstruction previews, if there are any
-            preview = VideoFolderDataset(cfg.data.test_dir or cfg.data.dir, split="val", **kw)
+            preview = VideoFolderDataset(cfg.data.test_dir or cfg.data.dir, split="val", skip_bad=True, **kw)
         except DataError:
             preview = self.dataset
         self.preview = torch.stack([preview[i] for i in range(min(4, len(preview)))])

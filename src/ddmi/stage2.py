@@ -235,7 +235,7 @@ def encoder_dataset(cfg: DictConfig) -> Dataset:
     if cfg.domain == "video":
         from .data.videos import VideoFolderDataset
         return VideoFolderDataset(cfg.data.dir, split="train", frames=cfg.video.frames,
-                                  resolution=cfg.data.resolution, seed=cfg.seed)
+                                  resolution=cfg.data.resolution, seed=cfg.seed, skip_bad=cfg.data.skip_bad)
     return ImageFolderDataset(cfg.data.dir, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
 
 

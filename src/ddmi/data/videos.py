@@ -201,21 +201,35 @@ class VideoFolderDataset(Dataset):
     ``dataset[i]`` -> ``(3, F, R, R)``, a fixed window of video ``i``; ``dataset[(i, pos)]`` -> the
     window drawn for global training position ``pos``. ``skipped_short`` counts the videos left
     out for having fewer than ``frames`` frames.
+
+    ``skip_bad``: if ``False`` (default), an unreadable or damaged video raises
+    :class:`DataError` naming it. If ``True``, it is logged once and skipped: a video that cannot
+    be opened is left out at construction, and one that fails while decoding is replaced by the
+    next readable video (the same one every time, so a resumed run sees the same data).
     """
 
     positional = True
 
     def __init__(self, root: PathLike, *, split: str = "train", frames: int = 16, resolution: int = 64,
-                 seed: int = 0, log=None):
+                 seed: int = 0, log=None, skip_bad: bool = False):
         self.root = split_folder(root, split)
         self.frames, self.resolution, self.seed = int(frames), int(resolution), int(seed)
         if self.frames < 1 or self.resolution < 1:
             raise DataError(f"frames and resolution must be >= 1, got {frames}, {resolution}")
+        self.skip_bad = bool(skip_bad)
+        self.bad_videos: set[Path] = set()
+        self._warn = log or logger.warning
         self.videos: list[tuple[Path, list[Path] | None, int]] = []
         self.skipped_short = 0
         example = ""
         for source, paths in find_videos(self.root):
-            n = len(paths) if paths is not None else video_frame_count(source)
+            try:
+                n = len(paths) if paths is not None else video_frame_count(source)
+            except DataError as exc:
+                if not self.skip_bad:
+                    raise
+                self._mark_bad(source, exc)
+                continue
             if n < self.frames:
                 self.skipped_short += 1
                 example = example or f"{source} ({n} frames)"
@@ -224,7 +238,7 @@ class VideoFolderDataset(Dataset):
         if self.skipped_short:
             msg = (f"{self.root}: skipped {self.skipped_short} video(s) shorter than {self.frames} frames "
                    f"({len(self.videos)} kept), e.g. {example}")
-            (log or logger.warning)(msg)
+            self._warn(msg)
         if not self.videos:
             raise DataError(f"{self.root}: no video with at least {self.frames} frames"
                             + (f" ({self.skipped_short} shorter ones skipped, e.g. {example})" if self.skipped_short else ""))
@@ -237,11 +251,30 @@ class VideoFolderDataset(Dataset):
         rng = np.random.default_rng([self.seed, i, int(position) + 1])
         return int(rng.integers(0, n - self.frames + 1))
 
-    def __getitem__(self, key) -> torch.Tensor:
-        i, position = (key, -1) if isinstance(key, (int, np.integer)) else key
-        i = int(i)
+    def _mark_bad(self, source: Path, exc: DataError) -> None:
+        if source not in self.bad_videos:
+            self.bad_videos.add(source)
+            self._warn(f"skipping unreadable video (data.skip_bad): {exc}")
+
+    def _read(self, i: int, position: int) -> torch.Tensor:
         source, paths, _ = self.videos[i]
         start = self.window_start(i, position)
         if paths is None:
             return _prepare(read_video_frames(source, start, self.frames), self.resolution)
         return _prepare(_load_frames(paths[start:start + self.frames]), self.resolution)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        i, position = (key, -1) if isinstance(key, (int, np.integer)) else key
+        n = len(self.videos)
+        for step in range(n):
+            j = (int(i) + step) % n
+            source = self.videos[j][0]
+            if source in self.bad_videos:
+                continue
+            try:
+                return self._read(j, position)
+            except DataError as exc:
+                if not self.skip_bad:
+                    raise
+                self._mark_bad(source, exc)
+        raise DataError(f"no readable video in {self.root}: all {n} failed to load")
