@@ -30,8 +30,10 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert sorted(p.name for p in (data / "cars" / "sampled").iterdir()) == \
         ["synth00000.npz", "synth00001.npz", "synth00002.npz", "synth_t00000.npz"]
     assert main(["synth", "nerf", str(data), "--num", "1"]) == 2               # refuses to overwrite
+    capsys.readouterr()
     assert main(["train", "vae", "nerf-tiny", f"data.dir={data}", f"run_dir={vae}", "train.steps=2", *FAST]) == 0
     assert (vae / "samples" / "recon-step0000002.png").is_file()
+    assert "known defect" in capsys.readouterr().err    # the open colour defect is said, not hidden
     assert main(["train", "ldm", "nerf-tiny", f"vae={vae}", f"run_dir={ldm}", "train.steps=2", *FAST]) == 0
     assert (ldm / "samples" / "samples-step0000002.png").is_file()
     assert main(["sample", str(ldm), "--out", str(out), "--num", "2", "--steps", "2",
