@@ -39,7 +39,7 @@ __all__ = [
     "to_uint8",
 ]
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: images decoded by the training loader (EXIF, alpha on white)
 
 Extractor = Callable[[torch.Tensor], np.ndarray]
 
