@@ -124,7 +124,7 @@ class VideoAdversarialForward(AdversarialForward):
 
     def reconstructions(self, clips, rand):
         pred, targets, _ = self.ae.reconstruct(clips, rand)
-        return pred, targets, rand["frame"].to(clips.device)
+        return pred, targets, rand["frame"]
 
     def critic(self, x, cond, params=None):
         return self.disc(x, cond) if params is None else functional_call(self.disc, params, (x, cond))
@@ -147,9 +147,16 @@ def load_init_weights(autoencoder: nn.Module, cfg: DictConfig, init: Path) -> st
 
 
 class _Adversarial:
-    """What a ``gan.enabled`` stage-1 task adds to its domain's task (mixed in before it)."""
+    """What a ``gan.enabled`` stage-1 task adds to its domain's task (mixed in before it): the
+    domain's discriminator, and ``forward_class`` as the training loss."""
 
-    discriminator: nn.Module
+    forward_class: type[AdversarialForward] = AdversarialForward
+
+    def __init__(self, cfg: DictConfig, *, log=print):
+        super().__init__(cfg, log=log)
+        self.discriminator = build_discriminator(cfg)
+        self.module = self.forward_class(self.autoencoder, self.discriminator, self.module.perceptual,
+                                         cfg.loss.lpips_weight, cfg.gan)
 
     def parameters(self):
         return [p for m in (self.autoencoder, self.discriminator) for p in m.parameters() if p.requires_grad]
@@ -176,18 +183,8 @@ class _Adversarial:
 class AdversarialVAETask(_Adversarial, VAETask):
     """Image stage 1 with a discriminator (``gan.enabled``): see the module docstring."""
 
-    def __init__(self, cfg: DictConfig, *, log=print):
-        super().__init__(cfg, log=log)
-        self.discriminator = build_discriminator(cfg)
-        self.module = AdversarialForward(self.autoencoder, self.discriminator, self.module.perceptual,
-                                         cfg.loss.lpips_weight, cfg.gan)
-
 
 class AdversarialVideoVAETask(_Adversarial, VideoVAETask):
     """Video stage 1 with the 2-D frame + 3-D clip discriminators (``gan.enabled``)."""
 
-    def __init__(self, cfg: DictConfig, *, log=print):
-        super().__init__(cfg, log=log)
-        self.discriminator = build_discriminator(cfg)
-        self.module = VideoAdversarialForward(self.autoencoder, self.discriminator, self.module.perceptual,
-                                              cfg.loss.lpips_weight, cfg.gan)
+    forward_class = VideoAdversarialForward
