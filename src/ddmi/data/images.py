@@ -226,6 +226,30 @@ def _center_crop_resize(img: Image.Image, resolution: int) -> Image.Image:
     return img.resize((resolution, resolution), _LANCZOS, box=box)
 
 
+def read_skipping_bad(items: Sequence, start: int, read, *, skip_bad: bool, bad: set, warn,
+                      none_left: str):
+    """``read(item)`` for the first item from ``items[start]`` on (wrapping around) not in ``bad``.
+
+    A :class:`DataError` propagates unless ``skip_bad``; then the item joins ``bad``,
+    ``warn(item, error)`` reports it (once: it is skipped from then on) and the next item is tried,
+    so a bad item is always replaced by the same readable one. ``none_left``: the error message
+    when no item can be read.
+    """
+    n = len(items)
+    for step in range(n):
+        item = items[(start + step) % n]
+        if item in bad:
+            continue
+        try:
+            return read(item)
+        except DataError as exc:
+            if not skip_bad:
+                raise
+            bad.add(item)
+            warn(item, exc)
+    raise DataError(none_left)
+
+
 class ImageFolderDataset(torch.utils.data.Dataset):
     """All images under a folder (recursively), as ``float32`` ``(3, R, R)`` tensors in ``[-1, 1]``.
 
@@ -274,32 +298,21 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             f"resolution={self.resolution}, hflip={self.hflip}, skip_bad={self.skip_bad})"
         )
 
-    def _mark_bad(self, path: Path, error: DataError) -> None:
-        if path not in self.bad_files:
-            self.bad_files.add(path)
-            message = f"skipping unreadable image: {error}"
-            logger.warning(message)
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
+    @staticmethod
+    def _warn_bad(path: Path, error: DataError) -> None:
+        message = f"skipping unreadable image: {error}"
+        logger.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     def load_uint8(self, index: int) -> np.ndarray:
         """The ``(R, R, 3)`` ``uint8`` image at ``index`` (cropped and resized, never flipped)."""
         n = len(self.files)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for a dataset of {n} images")
-        index %= n
-        for step in range(n):
-            path = self.files[(index + step) % n]
-            if path in self.bad_files:
-                continue
-            try:
-                img = _load_rgb(path)
-            except DataError as exc:
-                if not self.skip_bad:
-                    raise
-                self._mark_bad(path, exc)
-                continue
-            return np.array(_center_crop_resize(img, self.resolution), dtype=np.uint8)
-        raise DataError(f"no readable image in {self.root}: all {n} files failed to load")
+        img = read_skipping_bad(self.files, index % n, _load_rgb, skip_bad=self.skip_bad,
+                                bad=self.bad_files, warn=self._warn_bad,
+                                none_left=f"no readable image in {self.root}: all {n} files failed to load")
+        return np.array(_center_crop_resize(img, self.resolution), dtype=np.uint8)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         arr = self.load_uint8(index)

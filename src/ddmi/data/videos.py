@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError, MissingDependencyError
-from .images import IMAGE_EXTENSIONS, _center_crop_resize, _load_rgb
+from .images import IMAGE_EXTENSIONS, _center_crop_resize, _load_rgb, read_skipping_bad
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -217,7 +217,7 @@ class VideoFolderDataset(Dataset):
         if self.frames < 1 or self.resolution < 1:
             raise DataError(f"frames and resolution must be >= 1, got {frames}, {resolution}")
         self.skip_bad = bool(skip_bad)
-        self.bad_videos: set[Path] = set()
+        self.bad_videos: set[int] = set()         # indices into ``videos`` that failed to decode
         self._warn = log or logger.warning
         self.videos: list[tuple[Path, list[Path] | None, int]] = []
         self.skipped_short = 0
@@ -228,7 +228,7 @@ class VideoFolderDataset(Dataset):
             except DataError as exc:
                 if not self.skip_bad:
                     raise
-                self._mark_bad(source, exc)
+                self._warn_bad(exc)
                 continue
             if n < self.frames:
                 self.skipped_short += 1
@@ -251,10 +251,8 @@ class VideoFolderDataset(Dataset):
         rng = np.random.default_rng([self.seed, i, int(position) + 1])
         return int(rng.integers(0, n - self.frames + 1))
 
-    def _mark_bad(self, source: Path, exc: DataError) -> None:
-        if source not in self.bad_videos:
-            self.bad_videos.add(source)
-            self._warn(f"skipping unreadable video (data.skip_bad): {exc}")
+    def _warn_bad(self, exc: DataError) -> None:
+        self._warn(f"skipping unreadable video (data.skip_bad): {exc}")
 
     def _read(self, i: int, position: int) -> torch.Tensor:
         source, paths, _ = self.videos[i]
@@ -266,15 +264,7 @@ class VideoFolderDataset(Dataset):
     def __getitem__(self, key) -> torch.Tensor:
         i, position = (key, -1) if isinstance(key, (int, np.integer)) else key
         n = len(self.videos)
-        for step in range(n):
-            j = (int(i) + step) % n
-            source = self.videos[j][0]
-            if source in self.bad_videos:
-                continue
-            try:
-                return self._read(j, position)
-            except DataError as exc:
-                if not self.skip_bad:
-                    raise
-                self._mark_bad(source, exc)
-        raise DataError(f"no readable video in {self.root}: all {n} failed to load")
+        return read_skipping_bad(range(n), int(i) % n, lambda j: self._read(j, position),
+                                 skip_bad=self.skip_bad, bad=self.bad_videos,
+                                 warn=lambda j, exc: self._warn_bad(exc),
+                                 none_left=f"no readable video in {self.root}: all {n} failed to load")
