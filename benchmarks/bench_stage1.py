@@ -19,6 +19,15 @@ from .common import OFFICIAL_IMAGE, Context, Row, bench, case, millions
 OFFICIAL_STEP_S = 5.40   # official-cpu-timings.md: image stage-1 step, batch 8, 64x64
 
 
+def step_inputs(ae, *, batch: int, input_size: int, zoom: float) -> tuple[torch.Tensor, dict]:
+    """A fixed random batch ``(B, 3, S, S)`` in [-1, 1] and the step's randomness, zoom fixed."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(batch, 3, input_size, input_size, generator=g) * 2 - 1
+    rand = ae.random_inputs(g, batch, hflip=True)
+    rand["zoom"] = zoom
+    return images, rand
+
+
 def _stage1_step_rows(name: str, cfg, *, batch: int, input_size: int, zoom: float,
                       kl: float, sn: float, ctx: Context, warmup: int, repeats: int,
                       official: float | None = None) -> list[Row]:
@@ -28,10 +37,7 @@ def _stage1_step_rows(name: str, cfg, *, batch: int, input_size: int, zoom: floa
     ae = build_autoencoder(cfg).train()
     tc = cfg.train
     opt = torch.optim.AdamW(ae.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
-    g = torch.Generator().manual_seed(0)
-    images = torch.rand(batch, 3, input_size, input_size, generator=g) * 2 - 1
-    rand = ae.random_inputs(g, batch, hflip=True)
-    rand["zoom"] = zoom
+    images, rand = step_inputs(ae, batch=batch, input_size=input_size, zoom=zoom)
     phases: dict[str, list[float]] = {"fwd": [], "bwd": [], "opt": []}
 
     def step():

@@ -14,27 +14,36 @@ OFFICIAL_STEP_S = 0.86    # midpoint of 0.81-0.91 s
 OFFICIAL_DDIM50_S = 11.35
 
 
-def _model(overrides, latent_shape):
+def build_model(overrides, latent_shape):
     from ddmi.config import load_config
     from ddmi.ldm import build_diffusion
     torch.manual_seed(0)
     return build_diffusion(load_config("image-tiny", overrides), latent_shape)
 
 
-def _step_row(name, overrides, latent_shape, batch, ctx, official=None) -> Row:
-    d = _model(overrides, latent_shape).train()
-    opt = torch.optim.AdamW([p for p in d.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
+def step_batch(d, batch: int, latent_shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fixed latents, timesteps and noises for a training step of ``d``."""
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(batch, *latent_shape, generator=g)
     t = torch.randint(0, d.num_steps, (batch,), generator=g)
-    eps = torch.randn(x0.shape, generator=g)
+    return x0, t, torch.randn(x0.shape, generator=g)
+
+
+def train_step(d, x0, t, eps):
+    """One eps-MSE training step of ``d`` (forward, backward, AdamW) on a fixed batch, as a callable."""
+    opt = torch.optim.AdamW([p for p in d.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
 
     def step():
         loss = (d.predict_eps(d.q_sample(d.normalize(x0), t, eps), t) - eps).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    return step
 
+
+def _step_row(name, overrides, latent_shape, batch, ctx, official=None) -> Row:
+    d = build_model(overrides, latent_shape).train()
+    step = train_step(d, *step_batch(d, batch, latent_shape))
     w, r = ctx.reps(2, 5)
     tm = bench(step, warmup=w, repeats=r)
     row = tm.row(name, f"LDM train step, batch {batch} x {latent_shape}", "s",
@@ -44,7 +53,7 @@ def _step_row(name, overrides, latent_shape, batch, ctx, official=None) -> Row:
 
 def _sample_rows(name, overrides, latent_shape, batch, plan, ctx, official=None) -> list[Row]:
     from ddmi.diffusion import sample
-    d = _model(overrides, latent_shape).eval()
+    d = build_model(overrides, latent_shape).eval()
     noise = torch.randn(batch, *latent_shape, generator=torch.Generator().manual_seed(0))
     rows = []
     for sampler, steps in plan:

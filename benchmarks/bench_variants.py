@@ -12,6 +12,8 @@ import time
 
 import torch
 
+from .bench_stage1 import step_inputs
+from .bench_stage2 import build_model, step_batch, train_step
 from .common import OFFICIAL_IMAGE, OFFICIAL_LDM, Context, Row, bench, case
 
 VARIANTS = ("eager", "channels_last", "compile")
@@ -24,10 +26,7 @@ def _stage1(variant: str):
     torch.manual_seed(0)
     ae = build_autoencoder(cfg).train()
     opt = torch.optim.AdamW(ae.parameters(), lr=1e-4)
-    g = torch.Generator().manual_seed(0)
-    images = torch.rand(8, 3, 64, 64, generator=g) * 2 - 1
-    rand = ae.random_inputs(g, 8, hflip=True)
-    rand["zoom"] = 1.0
+    images, rand = step_inputs(ae, batch=8, input_size=64, zoom=1.0)
     forward = ae
     if variant == "channels_last":
         ae.to(memory_format=torch.channels_last)
@@ -44,27 +43,14 @@ def _stage1(variant: str):
 
 
 def _ldm(variant: str):
-    from ddmi.config import load_config
-    from ddmi.ldm import build_diffusion
-    torch.manual_seed(0)
-    d = build_diffusion(load_config("image-tiny", OFFICIAL_LDM), (16, 16, 16)).train()
-    opt = torch.optim.AdamW([p for p in d.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(16, 16, 16, 16, generator=g)
-    t = torch.randint(0, d.num_steps, (16,), generator=g)
-    eps = torch.randn(x0.shape, generator=g)
+    d = build_model(OFFICIAL_LDM, (16, 16, 16)).train()
+    x0, t, eps = step_batch(d, 16, (16, 16, 16))
     if variant == "channels_last":
         d.net.to(memory_format=torch.channels_last)
         x0, eps = (x.contiguous(memory_format=torch.channels_last) for x in (x0, eps))
     elif variant == "compile":
         d.net = torch.compile(d.net)
-
-    def step():
-        loss = (d.predict_eps(d.q_sample(d.normalize(x0), t, eps), t) - eps).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
+    return train_step(d, x0, t, eps)
 
 
 def _rows(name: str, make, what: str, ctx: Context) -> list[Row]:

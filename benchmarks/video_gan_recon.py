@@ -44,15 +44,10 @@ def laplacian_variance(frames: torch.Tensor) -> torch.Tensor:
 
 
 def clips_of(split: Path, frames: int, resolution: int, windows: int) -> torch.Tensor:
-    from ddmi.data.videos import VideoFolderDataset, _load_rgb, _prepare
+    from ddmi.data.videos import VideoFolderDataset, load_clip
     ds = VideoFolderDataset(split.parent, split=split.name, frames=frames, resolution=resolution)
-    out = []
-    for source, paths, n in ds.videos:
-        if paths is None:
-            raise SystemExit(f"{source}: this script reads frame folders only")
-        for k in range(min(windows, n // frames)):
-            out.append(_prepare([_load_rgb(p) for p in paths[k * frames:(k + 1) * frames]], resolution))
-    return torch.stack(out)
+    return torch.stack([load_clip(source, frames, resolution, start=k * frames)
+                        for source, _, n in ds.videos for k in range(min(windows, n // frames))])
 
 
 def main(argv=None) -> None:
