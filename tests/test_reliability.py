@@ -209,6 +209,27 @@ def _npz_bytes(**arrays) -> bytes:
     return buf.getvalue()
 
 
+def _npy(array) -> bytes:
+    """``array`` as the bytes of a ``.npy`` file (object arrays pickled)."""
+    import io
+
+    import numpy as np
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=True)
+    return buf.getvalue()
+
+
+def _zip_npz(**members: bytes) -> bytes:
+    """An ``.npz`` archive made of raw ``.npy`` members (for members numpy would not write)."""
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for key, data in members.items():
+            z.writestr(f"{key}.npy", data)
+    return buf.getvalue()
+
+
 def test_fuzzed_onet_files(tmp_path):
     """ONet ``points.npz`` / ``pointcloud.npz``: every broken file is a DataError naming it."""
     import numpy as np
@@ -228,20 +249,9 @@ def test_fuzzed_onet_files(tmp_path):
         ("missing-key", _npz_bytes(points=pts)),
         ("empty-points", _npz_bytes(points=np.zeros((0, 3), np.float32), occupancies=np.zeros(0, np.uint8))),
     ]
-    import io
-    import zipfile
-    for name, members in (("lying-header", {"points": None, "occupancies": None}),
-                          ("cloud-lying-normals", {"points": pts, "normals": None})):
-        buf = io.BytesIO()     # a header declaring petabytes: used to be a MemoryError from numpy
-        with zipfile.ZipFile(buf, "w") as z:
-            for key, arr in members.items():
-                if arr is None:
-                    z.writestr(f"{key}.npy", _lying_npy((10 ** 15, 3)))
-                else:
-                    b = io.BytesIO()
-                    np.save(b, arr)
-                    z.writestr(f"{key}.npy", b.getvalue())
-        structured.append((name, buf.getvalue()))
+    petabytes = _lying_npy((10 ** 15, 3))  # a header declaring petabytes: used to be a MemoryError
+    structured += [("lying-header", _zip_npz(points=petabytes, occupancies=petabytes)),
+                   ("cloud-lying-normals", _zip_npz(points=_npy(pts), normals=petabytes))]
     cases = list(structured)
     r = random.Random(0)
     for good, reader_name in ((good_points, "points"), (good_cloud, "cloud")):
@@ -275,12 +285,8 @@ def _srn_arrays(views=3, res=4, points=16, seed=0):
 
 def _lying_npy(shape) -> bytes:
     """A .npy whose header declares ``shape`` but holds 12 floats (a damaged header)."""
-    import io
-
     import numpy as np
-    buf = io.BytesIO()
-    np.save(buf, np.zeros((2, 6), np.float32))
-    raw = buf.getvalue()
+    raw = _npy(np.zeros((2, 6), np.float32))
     end = raw.index(b"\n")
     header = raw[:end].replace(b"(2, 6)", repr(tuple(shape)).encode())
     return header.ljust(end) + raw[end:]
@@ -288,9 +294,6 @@ def _lying_npy(shape) -> bytes:
 
 def _srn_structured_cases():
     """(name, bytes) for every array-level way an srn-cars file can be wrong."""
-    import io
-    import zipfile
-
     import numpy as np
     good = _srn_arrays()
     img, poses, pts = good["images"], good["cam_poses"], good["data"]
@@ -332,22 +335,12 @@ def _srn_structured_cases():
         ("data-3-columns", npz(data=pts[:, :3])), ("data-1d", npz(data=pts.ravel())),
         ("data-empty", npz(data=pts[:0])),
     ]
-    buf = io.BytesIO()      # an object array: np.load(allow_pickle=False) refuses it
-    with zipfile.ZipFile(buf, "w") as z:
-        obj = io.BytesIO()
-        np.save(obj, np.array([1, "a", None], dtype=object), allow_pickle=True)
-        z.writestr("images.npy", obj.getvalue())
-        for k in ("cam_poses", "data"):
-            b = io.BytesIO()
-            np.save(b, good[k])
-            z.writestr(f"{k}.npy", b.getvalue())
-    cases.append(("images-object", buf.getvalue()))
+    # an object array: np.load(allow_pickle=False) refuses it
+    cases.append(("images-object", _zip_npz(images=_npy(np.array([1, "a", None], dtype=object)),
+                                            cam_poses=_npy(poses), data=_npy(pts))))
     for shape in ((10 ** 6, 6), (10 ** 15, 6)):    # a header declaring more than the file holds
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as z:
-            for k in ("images", "cam_poses", "data"):
-                z.writestr(f"{k}.npy", _lying_npy(shape))
-        cases.append((f"lying-header-{shape[0]:.0e}", buf.getvalue()))
+        lying = _lying_npy(shape)
+        cases.append((f"lying-header-{shape[0]:.0e}", _zip_npz(images=lying, cam_poses=lying, data=lying)))
     return cases
 
 
