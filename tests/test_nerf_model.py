@@ -1,5 +1,7 @@
 """NeRF model: paper parameter counts, a non-linear field, one frame, batches of several objects."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -117,3 +119,42 @@ def test_field_query_is_chunk_invariant():
 def test_bad_nerf_values_are_rejected_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config("nerf-tiny", [override])
+
+
+def _red_and_blue_clouds(n: int = 1024) -> torch.Tensor:
+    """Two clouds with the same points, one red and one blue: ``(2, n, 6)``."""
+    xyz = torch.rand(1, n, 3, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.6
+    colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.2, 0.9]])[:, None].expand(2, n, 3)
+    return torch.cat([xyz.expand(2, n, 3), colours], dim=-1)
+
+
+def test_initial_posterior_tells_objects_apart_with_little_noise():
+    """docs/nerf.md: at initialisation the posterior means are at the prior's scale, so a red and
+    a blue cloud of the same points start well apart, and the posterior noise is small
+    (std = exp(posterior_logvar_init / 2)) instead of the unit noise that drowned them."""
+    torch.manual_seed(0)
+    ae = build_autoencoder(load_config("nerf-tiny"))
+    with torch.no_grad():
+        post = ae.encode(_red_and_blue_clouds())
+    assert 0.5 < float(post.mean.std()) < 2.0, float(post.mean.std())
+    assert float((post.mean[0] - post.mean[1]).abs().mean()) > 0.3
+    assert torch.allclose(post.std, torch.full_like(post.std, math.exp(-3.0)))
+
+
+def test_field_keeps_its_signal_through_depth():
+    """He initialisation: with unit-variance plane features, the last hidden layer's
+    pre-activations are about as large as the first's, and the colour responds to the features
+    (PyTorch's default initialisation shrinks the signal ~2.4x per ReLU layer)."""
+    torch.manual_seed(0)
+    mlp = NeRFMLP(plane_channels=16, depth=6, width=64, skips=(2, 4), multires=6, multires_views=2)
+    pre = []
+    hooks = [layer.register_forward_hook(lambda m, i, o: pre.append(o.std().item())) for layer in mlp.layers]
+    planes = [torch.randn(2, 3, 16, 8, 8)]
+    coords = torch.cat([torch.rand(2, 4096, 3) * 2 - 1, F.normalize(torch.randn(2, 4096, 3), dim=-1)], dim=-1)
+    with torch.no_grad():
+        out = mlp(planes, coords)
+        other = mlp([torch.randn(2, 3, 16, 8, 8)], coords)
+    for h in hooks:
+        h.remove()
+    assert pre[-1] / pre[0] > 0.5, pre
+    assert float((out[..., 1:] - other[..., 1:]).abs().mean()) > 0.02

@@ -114,6 +114,7 @@ class NeRFConfig:
     white_background: bool = True
     render_chunk: int = 1024           # rays per chunk when rendering (x samples = field points)
     rgb_weight: float = 20.0           # loss: rgb_weight * sum over rays of |rgb - gt|
+    point_rgb_weight: float = 0.0      # optional: + weight * sum over the encoder's points of |field rgb - point rgb|
     mlp_depth: int = 6                 # field: layers of width mlp.hidden
     skips: list[int] = field(default_factory=lambda: [2, 4])
     multires: int = 10                 # positional-encoding frequencies of the position
@@ -121,6 +122,7 @@ class NeRFConfig:
     pointnet_hidden: int = 256
     pointnet_blocks: int = 7
     pointnet_channels: int = 32
+    posterior_logvar_init: float = -6.0  # initial posterior log-variance (std 0.05); see docs/nerf.md
     turntable_frames: int = 24         # `ddmi sample`: frames per turntable
     turntable_radius: float = 4.0
     turntable_elevation: float = 20.0  # degrees above the horizon

@@ -63,6 +63,11 @@ class NeRFMLP(nn.Module):
         self.feature = nn.Linear(width, width)
         self.rgb_hidden = nn.Linear(width + dir_ch, width // 2)
         self.rgb = nn.Linear(width // 2, 3)
+        # He initialisation of the ReLU layers (PyTorch's default shrinks the signal ~2.4x per
+        # layer, so the field could hardly tell its plane features apart at the start)
+        for layer in [*self.layers, self.feature, self.rgb_hidden]:
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
 
     def forward(self, planes: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
         """``planes``: ``(B, 3, C, r, r)`` per scale; ``coords (B, N, 6)`` = [u, unit direction].
@@ -98,6 +103,26 @@ def _linear(layer: nn.Linear, pieces: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+@torch.no_grad()
+def init_posterior(encoder: nn.Module, *, logvar: float) -> None:
+    """Start the posterior means at the prior's scale and its noise small (docs/nerf.md).
+
+    The encoder's ``conv_out`` and per-plane ``quant_conv`` get unit-gain weights
+    (``std = 1 / sqrt(fan_in)``, zero bias), so the posterior means of different objects start
+    about one prior standard deviation apart instead of ~0.2; the log-variance half of each
+    ``quant_conv`` starts as the constant ``logvar``. With PyTorch's default initialisation the
+    means are small next to a unit posterior noise, the decoder learns to ignore the latent
+    while it learns the shared shape, and colour (which only the latent carries) never
+    passes."""
+    for conv in [encoder.conv_out, *encoder.quant_conv]:
+        nn.init.normal_(conv.weight, std=conv.weight[0].numel() ** -0.5)
+        nn.init.zeros_(conv.bias)
+    for conv in encoder.quant_conv:
+        half = conv.out_channels // 2
+        conv.weight[half:].zero_()
+        conv.bias[half:].fill_(logvar)
+
+
 class NeRFAutoencoder(nn.Module):
     """Coloured point cloud -> latent ``(3 * embed_dim, r, r)`` -> radiance ``Field`` (module doc)."""
 
@@ -118,6 +143,7 @@ class NeRFAutoencoder(nn.Module):
         self.mlp = NeRFMLP(plane_channels=self.spec.plane_channels, num_scales=len(self.spec.plane_resolutions),
                            depth=nc.mlp_depth, width=cfg.mlp.hidden, skips=tuple(nc.skips),
                            multires=nc.multires, multires_views=nc.multires_views)
+        init_posterior(self.vae.encoder, logvar=nc.posterior_logvar_init)
         self.spectral = SpectralRegularizer(self.vae, power_iters=cfg.loss.sn_power_iters) \
             if cfg.loss.sn_reg else None
 
@@ -177,6 +203,8 @@ class NeRFAutoencoder(nn.Module):
         rand = {"noise": torch.randn((n, *self.latent_shape), generator=generator)}
         if nc.perturb:
             rand["jitter"] = torch.rand((n, nc.num_rays, nc.num_samples), generator=generator)
+        if nc.point_rgb_weight > 0:
+            rand["point_dirs"] = F.normalize(torch.randn((n, nc.num_points, 3), generator=generator), dim=-1)
         if nc.num_importance > 0:
             rand["importance_u"] = torch.rand((n, nc.num_rays, nc.num_importance), generator=generator)
         return rand
@@ -201,6 +229,11 @@ class NeRFAutoencoder(nn.Module):
         kl = posterior.kl().mean()
         loss = self.nerf.rgb_weight * l1 + kl_weight * kl
         logs = {"l1": l1.detach() / max(1, target[0].numel()), "kl": kl.detach()}
+        if self.nerf.point_rgb_weight > 0:
+            surface = self.mlp(planes, torch.cat([self.normalize(points[..., :3]), rand["point_dirs"]], dim=-1))
+            point_l1 = (surface[..., 1:] - points[..., 3:6]).abs().flatten(1).sum(1).mean()
+            loss = loss + self.nerf.point_rgb_weight * point_l1
+            logs["point_l1"] = point_l1.detach() / max(1, points[0, :, 3:6].numel())
         if self.spectral is not None and sn_weight > 0:
             sn = self.spectral(self.vae)
             loss = loss + sn_weight * sn

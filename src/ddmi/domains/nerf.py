@@ -80,11 +80,14 @@ def nerf_dataset(cfg: DictConfig, split: str = "train", *, num_rays: int | None 
 # stage-1 task
 
 
-#: Printed when NeRF stage-1 training starts, until the defect is fixed (docs/nerf.md).
-KNOWN_COLOUR_DEFECT = (
-    "known defect: in ddmi's short CPU-scale runs the NeRF VAE has not carried colour through its "
-    "latent (every object renders in one grey; shapes do pass). Whether a long run learns it is "
-    "untested; see docs/nerf.md, 'Known defect'.")
+def colour_notice(cfg: DictConfig) -> str | None:
+    """The line printed when NeRF stage 1 starts without the point colour loss (docs/nerf.md)."""
+    if cfg.nerf.point_rgb_weight > 0:
+        return None
+    return ("note: nerf.point_rgb_weight is 0 (the paper's loss). In ddmi's CPU-scale runs the latent "
+            "then carried shape but not colour (every object rendered in one grey); set "
+            "nerf.point_rgb_weight=1 to supervise the field's colour at the encoder's points. "
+            "See docs/nerf.md, 'Colour through the latent'.")
 
 
 class NeRFVAETask(VAETask):
@@ -99,7 +102,9 @@ class NeRFVAETask(VAETask):
         self.num_workers = cfg.data.num_workers
         self.autoencoder = build_autoencoder(cfg)
         self.module = _Forward(self.autoencoder, None, 1.0)
-        log(KNOWN_COLOUR_DEFECT)
+        notice = colour_notice(cfg)
+        if notice:
+            log(notice)
         try:   # held-out objects for the reconstruction previews, if there are any
             self.preview_set = nerf_dataset(cfg, "val", num_rays=0, root=cfg.data.test_dir)
         except DataError:
