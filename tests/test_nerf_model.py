@@ -115,6 +115,7 @@ def test_field_query_is_chunk_invariant():
 @pytest.mark.parametrize("override, key", [
     ("nerf.near=7", "nerf.near"), ("nerf.skips=[9]", "nerf.skips"), ("nerf.num_rays=0", "nerf.num_rays"),
     ("nerf.half_extent=0", "nerf.half_extent"), ("nerf.num_samples=1", "nerf.num_samples"),
+    ("nerf.point_rgb_weight=-1", "nerf.point_rgb_weight"), ("nerf.posterior_logvar_init=-40", "nerf.posterior_logvar_init"),
 ])
 def test_bad_nerf_values_are_rejected_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -215,7 +215,9 @@ class NeRFAutoencoder(nn.Module):
         """Stage-1 loss on packed items ``batch (B, num_points + R, 9)`` (:mod:`ddmi.data.srn`).
 
         ``rgb_weight * sum_rays |rgb - rgb_gt|`` (per object, batch mean; official: 20 x the sum
-        over 5000 rays) + ``kl_weight * KL`` + ``sn_weight *`` the spectral regulariser."""
+        over 5000 rays) + ``kl_weight * KL`` + ``sn_weight *`` the spectral regulariser, and
+        ``point_rgb_weight * sum_points |field rgb - point rgb|`` when that weight is > 0 (the
+        field queried at the encoder's own points, from ``rand["point_dirs"]``)."""
         assert perceptual is None, "the NeRF domain has no perceptual loss"
         points, origins, dirs, target = split_nerf_item(batch, self.num_points)
         posterior = self.encode(points)
