@@ -102,18 +102,18 @@ def overfit_one_scene(tmp_path, *, steps: int, resolution: int = 32, overrides=(
 
 
 def test_overfit_one_scene_reaches_psnr_on_held_out_views(tmp_path):
-    """120 steps (~17 s here) on one car, 32 x 32 views: PSNR on 4 held-out views >= 18 dB
+    """120 steps (~17 s here) on one car, 32 x 32 views: PSNR on 4 held-out views >= 20 dB
     (measured 22.2 dB; a blank white image scores 10.7 dB). The 600-step version is marked slow."""
     got, white = overfit_one_scene(tmp_path, steps=120)
-    assert got >= 18.0 and got >= white + 6.0, (got, white)
+    assert got >= 20.0 and got >= white + 6.0, (got, white)
 
 
 @pytest.mark.slow
 def test_overfit_one_scene_longer(tmp_path):
-    """600 steps (~2 min here): PSNR on the 4 held-out views >= 21 dB (not yet measured: the
-    floor is 1 dB above the 120-step figure)."""
+    """600 steps (~70 s here): PSNR on the 4 held-out views >= 23 dB (measured 25.3 dB on
+    2026-11-26, against 22.2 dB after 120 steps)."""
     got, white = overfit_one_scene(tmp_path, steps=600, overrides=["train.lr=2e-3"])
-    assert got >= 21.0, (got, white)
+    assert got >= 23.0, (got, white)
 
 
 def _two_colour_cars(root, resolution=32):
