@@ -67,6 +67,20 @@ def test_wrong_config_on_existing_run_is_refused(vae_run, tiny_overrides, capsys
     assert "vae.ch" in capsys.readouterr().err
 
 
+def _free_port() -> int:
+    """A TCP port that is free now (accelerate's fixed default, 29500, may be taken)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd: list[str], env: dict) -> None:
+    """Run ``cmd``; on failure, fail the test with the command's stderr."""
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {' '.join(cmd[:6])} ...\n{proc.stderr[-4000:]}"
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test on linux only")
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, tiny_overrides):
     """`accelerate launch --multi_gpu` starts torch.distributed processes (gloo on CPU); `--cpu`
@@ -75,11 +89,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ti
     one = tmp_path / "one"
     two = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "ddmi", "train", "vae", "image-tiny", *base, f"run_dir={one}",
-                    "train.batch_size=4"], check=True, env=env, capture_output=True)
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                    "-m", "ddmi", "train", "vae", "image-tiny", *base, f"run_dir={two}",
-                    "train.batch_size=2"], check=True, env=env, capture_output=True)
+    _run([sys.executable, "-m", "ddmi", "train", "vae", "image-tiny", *base, f"run_dir={one}",
+          "train.batch_size=4"], env)
+    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+          "--main_process_port", str(_free_port()), "-m", "ddmi", "train", "vae", "image-tiny", *base,
+          f"run_dir={two}", "train.batch_size=2"], env)
     l1 = [m["l1"] for m in metrics(one) if "l1" in m]      # (the eval/psnr record has no l1)
     l2 = [m["l1"] for m in metrics(two) if "l1" in m]
     assert len(l1) == len(l2) == 3
