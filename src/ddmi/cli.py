@@ -60,12 +60,16 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def _prepare_run_dir(cfg, stage: str, run_dir: Path, is_main: bool):
-    """Create the run folder, or check that an existing one belongs to this config (resume)."""
+def _prepare_run_dir(cfg, stage: str, run_dir: Path, is_main: bool, *, existing: bool):
+    """Create the run folder, or check that an existing one belongs to this config (resume).
+
+    ``existing``: whether the folder held a run before any process wrote to it (decided by every
+    process before the main one creates the files, so none mistakes a half-written new folder
+    for a broken old one)."""
     from omegaconf import OmegaConf
 
     from . import checkpoint as ckpt
-    if (run_dir / "config.yaml").is_file():
+    if existing:
         info = ckpt.read_run_info(run_dir)
         if info["stage"] != stage:
             raise ConfigError(f"{run_dir} is a {info['stage']} run, not a {stage} run")
@@ -156,7 +160,9 @@ def cmd_train(args) -> int:
         cfg = stage2_config(cfg, vae_dir or Path(cfg.vae_run),
                             data_dir_overridden="dir" in overrides.get("data", {}))
     acc = _accelerator(cfg[stage_key], unused_parameters=args.stage == "vae" and cfg.gan.enabled)
-    _prepare_run_dir(cfg, args.stage, run_dir, acc.is_main_process)
+    existing = (run_dir / "config.yaml").is_file()
+    acc.wait_for_everyone()            # every process has looked before the main one writes
+    _prepare_run_dir(cfg, args.stage, run_dir, acc.is_main_process, existing=existing)
     acc.wait_for_everyone()
     torch.manual_seed(cfg.seed)
     if args.stage == "vae":
