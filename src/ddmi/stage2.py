@@ -128,7 +128,10 @@ class LDMTask(Task):
         self.run_dir = Path(run_dir)
         main = accelerator is None or accelerator.is_main_process
         vae_copy = self.run_dir / "vae"
-        if not (vae_copy / "model.safetensors").is_file():
+        need_copy = not (vae_copy / "model.safetensors").is_file()
+        if accelerator is not None:
+            accelerator.wait_for_everyone()   # every process has looked before the main one copies
+        if need_copy:
             if cfg.vae_run is None:
                 raise ConfigError("no VAE: pass vae=VAE_RUN_DIR (a finished `ddmi train vae` run)")
             if main:
