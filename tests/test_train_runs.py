@@ -82,24 +82,34 @@ def _run(cmd: list[str], env: dict) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}: {' '.join(cmd[:6])} ...\n{proc.stderr[-4000:]}"
 
 
+def _one_and_two_processes(tmp_path, stage: str, base: list[str], batch: int, key: str):
+    """Train ``stage`` once in one process with batch ``2 * batch`` and once under
+    ``accelerate launch --multi_gpu`` with 2 processes of ``batch`` (the same global batch).
+    Returns the logged ``key`` values of both runs and the two-process run folder."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    section = "train" if stage == "vae" else "ldm_train"
+    _run([sys.executable, "-m", "ddmi", "train", stage, "image-tiny", *base, f"run_dir={one}",
+          f"{section}.batch_size={2 * batch}"], env)
+    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+          "--main_process_port", str(_free_port()), "-m", "ddmi", "train", stage, "image-tiny", *base,
+          f"run_dir={two}", f"{section}.batch_size={batch}"], env)
+    return [m[key] for m in metrics(one) if key in m], [m[key] for m in metrics(two) if key in m], two
+
+
+def _assert_equal_losses(l1: list[float], l2: list[float], steps: int) -> None:
+    assert len(l1) == len(l2) == steps
+    for a, b in zip(l1, l2):   # same examples, same randomness: equal up to float reduction order
+        assert abs(a - b) / abs(a) < 1e-3, (l1, l2)
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test on linux only")
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, tiny_overrides):
     """`accelerate launch --multi_gpu` starts torch.distributed processes (gloo on CPU); `--cpu`
     alone would start only one process."""
     base = [*tiny_overrides, "train.steps=3", "train.save_every=3", "--no-progress", "loss.multiscale=true"]
-    one = tmp_path / "one"
-    two = tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    _run([sys.executable, "-m", "ddmi", "train", "vae", "image-tiny", *base, f"run_dir={one}",
-          "train.batch_size=4"], env)
-    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-          "--main_process_port", str(_free_port()), "-m", "ddmi", "train", "vae", "image-tiny", *base,
-          f"run_dir={two}", "train.batch_size=2"], env)
-    l1 = [m["l1"] for m in metrics(one) if "l1" in m]      # (the eval/psnr record has no l1)
-    l2 = [m["l1"] for m in metrics(two) if "l1" in m]
-    assert len(l1) == len(l2) == 3
-    for a, b in zip(l1, l2):   # same examples, same randomness: equal up to float reduction order
-        assert abs(a - b) / abs(a) < 1e-3, (l1, l2)
+    l1, l2, _ = _one_and_two_processes(tmp_path, "vae", base, 2, "l1")   # (the eval/psnr record has no l1)
+    _assert_equal_losses(l1, l2, 3)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test on linux only")
@@ -108,16 +118,6 @@ def test_two_process_ldm_matches_one_process(tmp_path, vae_run, tiny_overrides):
     is made once, by the main process), and the losses equal a one-process run's."""
     base = [*tiny_overrides, f"vae={vae_run}", "ldm_train.steps=3", "ldm_train.save_every=3",
             "ldm_train.log_every=1", "--no-progress"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    _run([sys.executable, "-m", "ddmi", "train", "ldm", "image-tiny", *base, f"run_dir={one}",
-          "ldm_train.batch_size=8"], env)
-    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-          "--main_process_port", str(_free_port()), "-m", "ddmi", "train", "ldm", "image-tiny", *base,
-          f"run_dir={two}", "ldm_train.batch_size=4"], env)
+    l1, l2, two = _one_and_two_processes(tmp_path, "ldm", base, 4, "loss")
     assert (two / "vae" / "model.safetensors").is_file()
-    l1 = [m["loss"] for m in metrics(one) if "loss" in m]
-    l2 = [m["loss"] for m in metrics(two) if "loss" in m]
-    assert len(l1) == len(l2) == 3
-    for a, b in zip(l1, l2):
-        assert abs(a - b) / abs(a) < 1e-3, (l1, l2)
+    _assert_equal_losses(l1, l2, 3)
