@@ -103,26 +103,6 @@ def _linear(layer: nn.Linear, pieces: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-@torch.no_grad()
-def init_posterior(encoder: nn.Module, *, logvar: float) -> None:
-    """Start the posterior means at the prior's scale and its noise small (docs/nerf.md).
-
-    The encoder's ``conv_out`` and per-plane ``quant_conv`` get unit-gain weights
-    (``std = 1 / sqrt(fan_in)``, zero bias), so the posterior means of different objects start
-    about one prior standard deviation apart instead of ~0.2; the log-variance half of each
-    ``quant_conv`` starts as the constant ``logvar``. With PyTorch's default initialisation the
-    means are small next to a unit posterior noise, the decoder learns to ignore the latent
-    while it learns the shared shape, and colour (which only the latent carries) never
-    passes."""
-    for conv in [encoder.conv_out, *encoder.quant_conv]:
-        nn.init.normal_(conv.weight, std=conv.weight[0].numel() ** -0.5)
-        nn.init.zeros_(conv.bias)
-    for conv in encoder.quant_conv:
-        half = conv.out_channels // 2
-        conv.weight[half:].zero_()
-        conv.bias[half:].fill_(logvar)
-
-
 class NeRFAutoencoder(nn.Module):
     """Coloured point cloud -> latent ``(3 * embed_dim, r, r)`` -> radiance ``Field`` (module doc)."""
 
@@ -143,7 +123,8 @@ class NeRFAutoencoder(nn.Module):
         self.mlp = NeRFMLP(plane_channels=self.spec.plane_channels, num_scales=len(self.spec.plane_resolutions),
                            depth=nc.mlp_depth, width=cfg.mlp.hidden, skips=tuple(nc.skips),
                            multires=nc.multires, multires_views=nc.multires_views)
-        init_posterior(self.vae.encoder, logvar=nc.posterior_logvar_init)
+        # posterior means at the prior's scale, small initial noise: colour reaches the latent (docs/nerf.md)
+        self.vae.encoder.init_posterior(logvar=nc.posterior_logvar_init)
         self.spectral = SpectralRegularizer(self.vae, power_iters=cfg.loss.sn_power_iters) \
             if cfg.loss.sn_reg else None
 

@@ -81,6 +81,23 @@ class TriplaneEncoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, 2 * s.z_channels, 3, padding=1)
         self.quant_conv = nn.ModuleList([nn.Conv2d(2 * s.z_channels, 2 * s.embed_dim, 1) for _ in range(3)])
 
+    @torch.no_grad()
+    def init_posterior(self, *, logvar: float) -> None:
+        """Start the posterior means at the prior's scale and their noise small (the NeRF domain
+        uses it; docs/nerf.md, "Colour through the latent").
+
+        ``conv_out`` and every ``quant_conv`` get unit-gain weights (``std = 1 / sqrt(fan_in)``,
+        zero bias), so the posterior means of different inputs start about one prior standard
+        deviation apart instead of ~0.2; the log-variance half of each ``quant_conv`` starts as
+        the constant ``logvar``."""
+        for conv in [self.conv_out, *self.quant_conv]:
+            nn.init.normal_(conv.weight, std=conv.weight[0].numel() ** -0.5)
+            nn.init.zeros_(conv.bias)
+        for conv in self.quant_conv:
+            half = conv.out_channels // 2                     # output channels: [mean | logvar]
+            conv.weight[half:].zero_()
+            conv.bias[half:].fill_(logvar)
+
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.down(self.conv_in(fold(planes))))
         h = unfold(self.conv_out(F.silu(self.norm_out(h))))                # (B, 3, 2z, r, r)
