@@ -362,8 +362,8 @@ def validate(cfg: DictConfig) -> None:
         check(nc.mlp_depth >= 1 and all(0 < k < nc.mlp_depth for k in nc.skips), "nerf.skips",
               f"skip layers must be in 1..{nc.mlp_depth - 1}")
         check(nc.multires >= 0 and nc.multires_views >= 0, "nerf.multires", "must be >= 0")
-        check(nc.point_rgb_weight >= 0 and nc.rgb_weight > 0, "nerf.point_rgb_weight",
-              "point_rgb_weight must be >= 0 and rgb_weight > 0")
+        check(nc.rgb_weight > 0, "nerf.rgb_weight", "must be > 0")
+        check(nc.point_rgb_weight >= 0, "nerf.point_rgb_weight", "must be >= 0")
         check(-30 <= nc.posterior_logvar_init <= 20, "nerf.posterior_logvar_init", "must be in [-30, 20]")
         check(nc.pointnet_blocks >= 1 and nc.pointnet_hidden > 0 and nc.pointnet_channels > 0,
               "nerf.pointnet_blocks", "PointNet sizes must be positive")
