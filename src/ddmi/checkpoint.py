@@ -152,10 +152,12 @@ def save_checkpoint(run_dir: Path, step: int, *, weights: dict[str, dict[str, to
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(run_dir)[:-keep]:
+        if old.is_symlink():  # not ours (a user's link): never follow it into another folder
+            continue
         (old / MARKER).unlink(missing_ok=True)  # first, so a half-deleted folder is never "complete"
         shutil.rmtree(old, ignore_errors=True)
     for stale in [*folder.glob(".tmp-step-*"), *folder.glob(".tmp-old-*")]:
-        if stale != tmp:
+        if stale != tmp and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
     return final
 

@@ -153,7 +153,8 @@ def cmd_train(args) -> int:
     stage_key = "train" if args.stage == "vae" else "ldm_train"
     run_dir = Path(cfg.run_dir or f"runs/{cfg.name}-{args.stage}")
     if args.stage == "ldm":
-        from .stage2 import stage2_config
+        from .stage2 import check_vae_destination, stage2_config
+        check_vae_destination(run_dir)
         vae_dir = run_dir / "vae" if (run_dir / "vae" / "config.yaml").is_file() else None
         if vae_dir is None and cfg.vae_run is None:
             raise ConfigError("no VAE: pass vae=VAE_RUN_DIR (a `ddmi train vae` run folder)")

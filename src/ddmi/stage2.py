@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -242,23 +244,47 @@ def encoder_dataset(cfg: DictConfig) -> Dataset:
     return ImageFolderDataset(cfg.data.dir, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
 
 
+VAE_COPY_MARKER = "SOURCE"   # written by copy_vae: the folder is ddmi's copy, not a user's run
+
+
+def check_vae_destination(run_dir: Path) -> None:
+    """Refuse an LDM run folder whose ``vae/`` is something other than ddmi's own VAE copy (the
+    user's VAE run, their files): stage 2 would have to replace it."""
+    dest = Path(run_dir) / "vae"
+    if (dest.exists() or dest.is_symlink()) and not (dest / VAE_COPY_MARKER).is_file():
+        raise ConfigError(f"{dest} exists and is not a VAE copy made by ddmi: an LDM run keeps its frozen "
+                          "VAE in RUN/vae, so choose another run_dir= for the LDM (nothing was changed)")
+
+
 def copy_vae(vae_run: Path, dest: Path) -> None:
-    """Copy the VAE's config and latest weights into an LDM run (which is then self-contained)."""
+    """Copy the VAE's config and latest weights into an LDM run (which is then self-contained).
+
+    ``dest`` must not exist yet, or be a copy this function made (it holds ``SOURCE``); anything
+    else there (the user's own VAE run, their files) is refused, never replaced."""
     info = ckpt.read_run_info(vae_run)
     if info["stage"] != "vae":
         raise ConfigError(f"vae={vae_run} is a {info['stage']} run, not a VAE run")
     latest = ckpt.latest_checkpoint(vae_run)
     if latest is None:
         raise ConfigError(f"vae={vae_run} has no complete checkpoint yet")
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copy2(vae_run / "config.yaml", tmp / "config.yaml")
-    shutil.copy2(vae_run / "run.yaml", tmp / "run.yaml")
-    shutil.copy2(latest / "model.safetensors", tmp / "model.safetensors")
-    (tmp / "SOURCE").write_text(f"{vae_run.resolve()} {latest.name}\n")
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    check_vae_destination(dest.parent)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.copy-"))
+    try:
+        shutil.copy2(vae_run / "config.yaml", tmp / "config.yaml")
+        shutil.copy2(vae_run / "run.yaml", tmp / "run.yaml")
+        shutil.copy2(latest / "model.safetensors", tmp / "model.safetensors")
+        (tmp / VAE_COPY_MARKER).write_text(f"{vae_run.resolve()} {latest.name}\n")
+        if dest.exists():   # an earlier copy of ours: move it aside, then delete it
+            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
+            os.replace(dest, old / dest.name)
+            os.replace(tmp, dest)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,0 +1,57 @@
+"""No command deletes what it did not create (issue 19, item 1)."""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+
+from ddmi import checkpoint as ckpt
+from ddmi.cli import main
+
+from conftest import LDM_ARGS
+
+
+def _tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_ldm_in_the_vae_runs_parent_keeps_the_vae_run(tmp_path, tiny_overrides, vae_run):
+    """run_dir=X, vae=X/vae: X/vae is the user's VAE run, not a copy to replace."""
+    x = tmp_path / "both"
+    shutil.copytree(vae_run, x / "vae")
+    before = _tree(x / "vae")
+    code = main(["train", "ldm", "image-tiny", *tiny_overrides, f"vae={x / 'vae'}", f"run_dir={x}",
+                 "train.steps=2", *LDM_ARGS])
+    assert code == 2
+    assert _tree(x / "vae") == before
+    assert [p.name for p in x.iterdir()] == ["vae"]   # refused before anything was written
+    assert ckpt.latest_checkpoint(x / "vae") is not None
+
+
+def test_ldm_refuses_a_foreign_vae_folder(tmp_path, tiny_overrides, vae_run, capsys):
+    run = tmp_path / "ldm"
+    (run / "vae").mkdir(parents=True)
+    (run / "vae" / "notes.txt").write_text("mine")
+    (run / "vae.tmp").mkdir()
+    (run / "vae.tmp" / "keep.txt").write_text("mine too")
+    code = main(["train", "ldm", "image-tiny", *tiny_overrides, f"vae={vae_run}", f"run_dir={run}",
+                 "train.steps=2", *LDM_ARGS])
+    assert code == 2
+    assert "vae" in capsys.readouterr().err
+    assert (run / "vae" / "notes.txt").read_text() == "mine"
+    assert (run / "vae.tmp" / "keep.txt").read_text() == "mine too"
+
+
+def test_pruning_never_follows_a_symlinked_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    outside = tmp_path / "outside" / ckpt.CKPT_DIR / "step-00000001"
+    weights = {"model": {"w": torch.zeros(2)}}
+    ckpt.save_checkpoint(tmp_path / "outside", 1, weights=weights, state={"step": 1})
+    (run / ckpt.CKPT_DIR).mkdir(parents=True)
+    (run / ckpt.CKPT_DIR / "step-00000001").symlink_to(outside, target_is_directory=True)
+    for step in (2, 3, 4):
+        ckpt.save_checkpoint(run, step, weights=weights, state={"step": step}, keep=1)
+    assert (outside / ckpt.MARKER).is_file()
+    assert (outside / "model.safetensors").is_file()
+    assert [p.name for p in ckpt.list_checkpoints(run)][-1] == "step-00000004"
