@@ -41,3 +41,9 @@ def test_yaml_file_with_unknown_key(tmp_path):
     path.write_text("data:\n  folder: x\n")
     with pytest.raises(ConfigError, match="data.folder"):
         load_config(str(path))
+
+
+def test_mixed_precision_no_on_the_command_line_means_fp32():
+    """YAML reads a bare `no` as false: `train.mixed_precision=no` must still mean no."""
+    cfg = load_config("image-tiny", ["train.mixed_precision=no", "ldm_train.mixed_precision=fp16"])
+    assert cfg.train.mixed_precision == "no" and cfg.ldm_train.mixed_precision == "fp16"

@@ -167,19 +167,25 @@ def test_per_channel_standardisation_round_trips():
     assert torch.allclose(model.denormalize(x), z, atol=1e-6)
 
 
-def test_measured_latent_stats_standardise_each_channel():
-    from ddmi.stage2 import measure_latent_stats
+def test_measured_latent_stats_standardise_each_channel(tmp_path):
+    import numpy as np
 
-    class Cache:  # (N, views, [mean, std], C, h, w): channel 1 is 10x wider and shifted
-        stats = torch.zeros(500, 1, 2, 2, 4, 4)
+    from ddmi.stage2 import LatentCache, measure_latent_stats
+
+    # (N, views, [mean, std], C, h, w): channel 1 is 10x wider and shifted
+    stats = torch.zeros(500, 1, 2, 2, 4, 4)
     g = torch.Generator().manual_seed(0)
-    Cache.stats[:, 0, 0, 0] = torch.randn(500, 4, 4, generator=g)
-    Cache.stats[:, 0, 0, 1] = 5.0 + 10.0 * torch.randn(500, 4, 4, generator=g)
-    shift, scale = measure_latent_stats(Cache, torch.Generator().manual_seed(1), "auto")
-    assert torch.allclose(shift, torch.tensor([0.0, 5.0]), atol=0.3)
-    assert torch.allclose(scale, torch.tensor([1.0, 0.1]), rtol=0.05)
-    shift, scale = measure_latent_stats(Cache, torch.Generator().manual_seed(1), "auto-global")
+    stats[:, 0, 0, 0] = torch.randn(500, 4, 4, generator=g)
+    stats[:, 0, 0, 1] = 5.0 + 10.0 * torch.randn(500, 4, 4, generator=g)
+    np.save(tmp_path / "latents.npy", stats.numpy())
+    cache = LatentCache(tmp_path)
+    for chunk in (64, 1024):   # streamed in chunks: the figures do not depend on the chunk size
+        shift, scale = measure_latent_stats(cache, torch.Generator().manual_seed(1), "auto", chunk=chunk)
+        assert torch.allclose(shift, torch.tensor([0.0, 5.0]), atol=0.3)
+        assert torch.allclose(scale, torch.tensor([1.0, 0.1]), rtol=0.05)
+    shift, scale = measure_latent_stats(cache, torch.Generator().manual_seed(1), "auto-global")
     assert shift.tolist() == [0.0, 0.0] and scale[0] == scale[1]
+    assert 0.05 < float(scale[0]) < 0.2   # one factor: dominated by the wide channel
 
 
 def test_sample_returns_denormalised_latent():

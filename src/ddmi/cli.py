@@ -45,7 +45,9 @@ def _check_options(args, *names: str) -> None:
 
 RESUMABLE_DIFFS = ("train.steps", "ldm_train.steps", "train.log_every", "train.sample_every",
                    "train.save_every", "ldm_train.log_every", "ldm_train.sample_every",
-                   "ldm_train.save_every", "data.num_workers", "run_dir", "vae_run")
+                   "ldm_train.save_every", "data.num_workers", "run_dir", "vae_run",
+                   *(f"{section}.{key}" for section in ("train", "ldm_train")
+                     for key in ("tf32", "compile", "channels_last")))
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -91,8 +93,8 @@ def _accelerator(tc, *, unused_parameters: bool = False):
     from accelerate import Accelerator, DistributedDataParallelKwargs
     cuda = torch.cuda.is_available()
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if unused_parameters else []
-    return Accelerator(mixed_precision=tc.mixed_precision if cuda else "no", cpu=not cuda,
-                       kwargs_handlers=handlers)
+    # mixed precision is the trainer's (autocast + its own loss scaler), not accelerate's
+    return Accelerator(mixed_precision="no", cpu=not cuda, kwargs_handlers=handlers)
 
 
 # ------------------------------------------------------------------------------------------
@@ -173,8 +175,13 @@ def cmd_train(args) -> int:
         from .stage2 import LDMTask
         task = LDMTask(cfg, run_dir, accelerator=acc, log=_log)
     from .train import train
+    precision = cfg[stage_key].mixed_precision
+    if acc.device.type != "cuda" and precision != "no":
+        if acc.is_main_process:
+            _log(f"{stage_key}.mixed_precision={precision} applies on GPUs only: training in fp32 on the CPU")
+        precision = "no"
     result = train(task, cfg[stage_key], run_dir, seed=cfg.seed, accelerator=acc, log=_log,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, precision=precision)
     if acc.is_main_process:
         metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.last_logs.items())
         _log(f"{'stopped' if result.interrupted else 'finished'} at step {result.step}: {metrics}")

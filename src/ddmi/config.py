@@ -162,7 +162,11 @@ class TrainConfig:
     cosine: bool = False               # cosine decay to min_lr after warm-up
     min_lr: float = 1e-6
     grad_clip: float = 0.0             # 0 = off
-    mixed_precision: str = "no"        # no | fp16 | bf16 (GPU only; CPU always runs fp32)
+    mixed_precision: str = "no"        # no | fp16 (loss scaling) | bf16: autocast, fp32 master
+                                       # weights (GPU only; CPU always runs fp32)
+    tf32: bool = False                 # TF32 matmuls/convolutions on Ampere and newer GPUs
+    compile: bool = False              # torch.compile the training step's module
+    channels_last: bool = False        # channels-last memory format for the convolutions
     log_every: int = 10
     sample_every: int = 0              # 0 = only at the end
     eval_every: Optional[int] = None   # cheap held-out metric: None = with the samples; 0 = off
@@ -194,7 +198,10 @@ class LDMConfig:
     ema_after: int = 100
     sampler: str = "ddim"
     sample_steps: int = 50
-    cache_latents: bool = True         # encode the dataset once (means + stds) and reuse it
+    cache_latents: bool = True         # (kept so older run folders load: the cache is always used)
+    latent_cache_dtype: str = "float16"  # the run's latent cache (RUN/latent-cache): float16 | float32
+    point_draws: int = 1               # shapes, NeRF: point-cloud draws per item in the cache (a
+                                       # random one per step; costs draws x encoding and cache size)
 
 
 @dataclass
@@ -311,6 +318,9 @@ def load_config(source: str | dict, overrides: list[str] | dict | None = None) -
         if overrides:
             cfg = OmegaConf.merge(cfg, overrides)
         OmegaConf.to_container(cfg, throw_on_missing=True)
+        for section in ("train", "ldm_train"):   # YAML reads a bare `no` as false
+            if cfg[section].mixed_precision in ("False", "false"):
+                cfg[section].mixed_precision = "no"
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{name}: {_explain(exc)}") from None
     validate(cfg)
@@ -402,6 +412,11 @@ def validate(cfg: DictConfig) -> None:
             ok = False
         check(ok, "ldm.latent_scale", "must be 'auto', 'auto-global' or a positive number")
     check(0 < cfg.ldm.ema_decay < 1, "ldm.ema_decay", "must be in (0, 1)")
+    check(cfg.ldm.latent_cache_dtype in ("float16", "float32"), "ldm.latent_cache_dtype",
+          "must be float16 or float32")
+    check(cfg.ldm.point_draws >= 1, "ldm.point_draws", "must be >= 1")
+    check(cfg.ldm.point_draws == 1 or cfg.domain in ("occupancy", "nerf"), "ldm.point_draws",
+          f"point-cloud draws apply to the occupancy and nerf domains, not {cfg.domain}: set it to 1")
     g = cfg.gan
     check(not g.enabled or cfg.domain in GAN_DOMAINS, "gan.enabled",
           f"adversarial fine-tuning is available for the {' and '.join(GAN_DOMAINS)} domains only, "

@@ -83,6 +83,11 @@ class VAETask(Task):
     def parameters(self):
         return [p for p in self.autoencoder.parameters() if p.requires_grad]
 
+    def to(self, device):
+        super().to(device)
+        if isinstance(getattr(self, "preview", None), torch.Tensor):
+            self.preview = self.preview.to(device)
+
     def random_inputs(self, generator, n):
         return self.autoencoder.random_inputs(generator, n, hflip=self.cfg.data.hflip)
 

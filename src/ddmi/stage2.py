@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
@@ -57,47 +59,151 @@ def stage2_config(preset_cfg: DictConfig, vae_run: Path, *, data_dir_overridden:
 # ------------------------------------------------------------------------------------------
 
 
-class LatentCache(Dataset):
-    """Posterior means and standard deviations of every training item, for each of the encoder
-    views the domain gives (``ae.encoder_views(batch)``: images -> [original, mirrored];
-    shapes -> [point cloud]; NeRF -> [coloured point cloud]).
+CACHE_FOLDER = "latent-cache"
 
-    Item ``i``: ``(V, 2, C, h, w)`` = [view][mean, std].
+
+def _item_names(items: Dataset) -> list[str]:
+    """The names of a dataset's items, where it lists them (a cache signature)."""
+    for attr in ("files", "models", "videos"):
+        names = getattr(items, attr, None)
+        if names is not None:
+            return [str(n[0] if isinstance(n, tuple) and attr == "videos" else n) for n in names]
+    return []
+
+
+class LatentCache(Dataset):
+    """Posterior means and standard deviations of every training item, for each encoder view:
+    the domain's views of each point-cloud draw (``ae.encoder_views(batch)``: images ->
+    [original, mirrored]; shapes and NeRF -> [point cloud] per draw; video -> [clip (, mirror)]).
+
+    Stored in the run folder, ``RUN/latent-cache/``: ``latents.npy``, a ``(N, V, 2, *latent)``
+    array ([item][view][mean, std]) in ``float16`` (default) or ``float32``, memory-mapped, so a
+    process's RAM does not grow with the dataset; and ``cache.yaml``, the signature it was
+    encoded for (items, VAE, draws, dtype), written last. Build it with :func:`build_latent_cache`.
+
+    Item ``i``: ``(V, 2, C, h, w)`` float32.
     """
 
-    def __init__(self, ae: nn.Module, items: Dataset, *, batch_size: int = 32, log=print):
-        from tqdm.auto import tqdm
-        stats = []
-        loader = torch.utils.data.DataLoader(items, batch_size=batch_size)
-        with torch.inference_mode():
-            for x in tqdm(loader, desc="encoding latents", leave=False, disable=None):
-                per_view = []
-                for xx in ae.encoder_views(x):
-                    post = ae.encode(xx)
-                    per_view.append(torch.stack([post.mean, post.std], dim=1))
-                stats.append(torch.stack(per_view, dim=1))
-        self.stats = torch.cat(stats).float()
-        log(f"cached the latents of {len(self.stats)} items: {tuple(self.stats.shape[3:])} each")
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.stats = np.load(self.folder / "latents.npy", mmap_mode="r")
+
+    @property
+    def views(self) -> int:
+        return self.stats.shape[1]
 
     def __len__(self) -> int:
         return len(self.stats)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.stats[i]
+        return torch.from_numpy(np.array(self.stats[i], dtype=np.float32))
+
+    def first_view(self, start: int, stop: int) -> torch.Tensor:
+        """``(n, 2, *latent)`` float32: [mean, std] of items ``start:stop``, first view."""
+        return torch.from_numpy(np.array(self.stats[start:stop, 0], dtype=np.float32))
 
 
-def measure_latent_stats(cache: LatentCache, generator: torch.Generator, mode: str
+class _Draws(Dataset):
+    """Item ``i`` -> ``(draws, ...)``: the base dataset's fixed draw and ``draws - 1`` more (the
+    draws of global positions ``0..draws-2`` of a positional dataset)."""
+
+    def __init__(self, items: Dataset, draws: int):
+        self.items, self.draws = items, draws
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.stack([self.items[i], *(self.items[(i, d)] for d in range(self.draws - 1))])
+
+
+def build_latent_cache(ae: nn.Module, items: Dataset, folder: Path, *, signature: dict,
+                       dtype: str = "float16", draws: int = 1, batch_size: int = 32,
+                       num_workers: int = 0, accelerator=None, log=print) -> LatentCache:
+    """Encode every item of ``items`` with ``ae`` (on its device) into ``folder``, or reuse the
+    cache there when its signature matches. Under several processes each encodes every
+    ``world``-th batch into the shared file; the main process publishes it."""
+    from tqdm.auto import tqdm
+    folder = Path(folder)
+    main = accelerator is None or accelerator.is_main_process
+    rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
+    barrier = (lambda: None) if accelerator is None else accelerator.wait_for_everyone
+    signature = {**signature, "items": len(items), "draws": draws, "dtype": dtype,
+                 "names": hashlib.sha256("\n".join(_item_names(items)).encode()).hexdigest()[:16]}
+    meta = folder / "cache.yaml"
+    reuse = meta.is_file() and (folder / "latents.npy").is_file() and \
+        (yaml.safe_load(meta.read_text()) or {}).get("signature") == signature
+    barrier()                                      # every process has looked before any writes
+    if reuse:
+        cache = LatentCache(folder)
+        log(f"reusing the latent cache of {len(cache)} items ({folder})")
+        return cache
+    device = next(ae.parameters()).device
+    sample = _Draws(items, draws)[0][:, None]
+    with torch.inference_mode():
+        views = [v for d in sample for v in ae.encoder_views(d.to(device))]
+    shape = (len(items), len(views), 2, *ae.encode(views[0]).mean.shape[1:])
+    partial = folder / "latents.npy.partial"
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        meta.unlink(missing_ok=True)               # the old cache (if any) is invalid from here on
+        np.lib.format.open_memmap(partial, mode="w+", dtype=np.dtype(dtype), shape=shape).flush()
+    barrier()
+    out = np.load(partial, mmap_mode="r+")
+    batches = range(rank, (len(items) + batch_size - 1) // batch_size, world)
+    mine = [i for b in batches for i in range(b * batch_size, min(len(items), (b + 1) * batch_size))]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(_Draws(items, draws), mine),
+                                         batch_size=batch_size, num_workers=num_workers,
+                                         pin_memory=device.type == "cuda")
+    overflow = 0
+    with torch.inference_mode():
+        for b, x in zip(batches, tqdm(loader, desc="encoding latents", leave=False, disable=None if main else True)):
+            per_view = []
+            for d in range(draws):
+                for xx in ae.encoder_views(x[:, d].to(device, non_blocking=True)):
+                    post = ae.encode(xx)
+                    per_view.append(torch.stack([post.mean, post.std], dim=1))
+            stats = torch.stack(per_view, dim=1).float().cpu().numpy().astype(dtype)
+            overflow += int(not np.isfinite(stats).all())
+            out[b * batch_size:b * batch_size + len(stats)] = stats
+    out.flush()
+    del out
+    if accelerator is not None and world > 1:
+        overflow = int(accelerator.reduce(torch.tensor(overflow, device=accelerator.device), reduction="sum"))
+    if overflow:
+        raise DDMIError(f"latents do not fit in {dtype} (non-finite after conversion): set "
+                        "ldm.latent_cache_dtype=float32")
+    barrier()
+    if main:
+        os.replace(partial, folder / "latents.npy")
+        ckpt.atomic_write_text(meta, yaml.safe_dump({"signature": signature, "shape": list(shape)}))
+    barrier()
+    cache = LatentCache(folder)
+    log(f"cached the latents of {len(cache)} items: {tuple(shape[3:])} each, {len(views)} view(s), "
+        f"{dtype}, {np.dtype(dtype).itemsize * int(np.prod(shape[1:])) / 1024:.1f} KiB per item")
+    return cache
+
+
+def measure_latent_stats(cache: LatentCache, generator: torch.Generator, mode: str, *, chunk: int = 1024
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(shift, scale)`` (C,) that standardise posterior samples of the training latents (first
     view of each item): ``mode="auto"`` per channel (mean, 1/std), ``"auto-global"`` one factor
-    for all channels (no shift, 1/std: the Stable-Diffusion-style scale factor)."""
-    s = cache.stats[:, 0]
-    z = s[:, 0] + s[:, 1] * torch.randn(s[:, 0].shape, generator=generator)     # (N, C, ...)
-    c = z.shape[1]
+    for all channels (no shift, 1/std: the Stable-Diffusion-style scale factor). Streams the
+    cache in chunks (float64 sums), so memory does not grow with the dataset."""
+    total = total_sq = count = 0
+    for start in range(0, len(cache), chunk):
+        s = cache.first_view(start, start + chunk)
+        z = (s[:, 0] + s[:, 1] * torch.randn(s[:, 0].shape, generator=generator)).double()
+        z = z.transpose(0, 1).reshape(z.shape[1], -1)                      # (C, n * ...)
+        total, total_sq, count = total + z.sum(1), total_sq + z.square().sum(1), count + z.shape[1]
     if mode == "auto-global":
-        return torch.zeros(c), torch.full((c,), float(1.0 / z.std().clamp_min(1e-8)))
-    per_channel = z.transpose(0, 1).reshape(c, -1)
-    return per_channel.mean(1), 1.0 / per_channel.std(1).clamp_min(1e-8)
+        mean = total.sum() / (count * len(total))
+        var = (total_sq.sum() - count * len(total) * mean ** 2) / (count * len(total) - 1)
+        c = len(total)
+        return torch.zeros(c), torch.full((c,), float(1.0 / var.clamp_min(0).sqrt().clamp_min(1e-8)))
+    mean = total / count
+    var = (total_sq - count * mean ** 2) / max(1, count - 1)
+    return mean.float(), (1.0 / var.clamp_min(0).sqrt().clamp_min(1e-8)).float()
 
 
 def _fmt(v: torch.Tensor) -> str:
@@ -112,7 +218,7 @@ class _LDMForward(nn.Module):
         self.diffusion = diffusion
 
     def forward(self, stats: torch.Tensor, rand: dict):
-        view = rand["flip"].long().clamp(max=stats.shape[1] - 1)            # mirrored view if any
+        view = rand["view"].clamp(max=stats.shape[1] - 1)
         stats = stats[torch.arange(len(stats), device=stats.device), view]
         z0 = stats[:, 0] + stats[:, 1] * rand["posterior_noise"]          # posterior sample
         d = self.diffusion
@@ -140,10 +246,16 @@ class LDMTask(Task):
                 copy_vae(Path(cfg.vae_run), vae_copy)
             if accelerator is not None:
                 accelerator.wait_for_everyone()
-        self.ae = load_autoencoder(self.run_dir).requires_grad_(False)
+        device = accelerator.device if accelerator is not None else torch.device("cpu")
+        self.ae = load_autoencoder(self.run_dir).requires_grad_(False).to(device)
         if cfg.data.dir is None:
             raise ConfigError("no training data: set data.dir=FOLDER")
-        self.dataset = LatentCache(self.ae, encoder_dataset(cfg), log=log if main else (lambda m: None))
+        source = (vae_copy / VAE_COPY_MARKER).read_text().strip() if (vae_copy / VAE_COPY_MARKER).is_file() else ""
+        self.dataset = build_latent_cache(
+            self.ae, encoder_dataset(cfg), self.run_dir / CACHE_FOLDER,
+            signature={"data_dir": str(Path(cfg.data.dir).resolve()), "vae": source},
+            dtype=cfg.ldm.latent_cache_dtype, draws=cfg.ldm.point_draws, num_workers=cfg.data.num_workers,
+            accelerator=accelerator, log=log if main else (lambda m: None))
         self.num_workers = 0
         self.latent_shape = self.ae.latent_shape
         mode = str(cfg.ldm.latent_scale)
@@ -162,21 +274,33 @@ class LDMTask(Task):
         self.fixed_noise = torch.randn((16, *self.latent_shape), generator=torch.Generator().manual_seed(1234))
         k = min(64, len(self.dataset))           # fixed probe of the denoising loss (evaluate)
         g = torch.Generator().manual_seed(4321)
-        self.probe_z0 = self.dataset.stats[:k, 0, 0]
+        self.probe_z0 = self.dataset.first_view(0, k)[:, 0]
         self.probe_t = torch.linspace(0, self.diffusion.num_steps - 1, k).round().long()
         self.probe_eps = torch.randn(self.probe_z0.shape, generator=g)
 
     def parameters(self):
         return [p for p in self.diffusion.parameters() if p.requires_grad]
 
+    def to(self, device):
+        super().to(device)           # the diffusion model (inside the module)
+        self.ema.to(device)
+        self.ae.to(device)
+        for name in ("fixed_noise", "probe_z0", "probe_t", "probe_eps"):
+            setattr(self, name, getattr(self, name).to(device))
+
     def random_inputs(self, generator, n):
+        """``view``: which cached view each example trains on: with point-cloud draws
+        (``ldm.point_draws`` > 1) a uniformly random draw, else the mirrored view for a flip."""
         shape = (n, *self.latent_shape)
         flip = torch.rand(n, generator=generator) < 0.5
-        if not self.cfg.data.hflip or self.dataset.stats.shape[1] < 2:
+        if not self.cfg.data.hflip or self.dataset.views < 2:
             flip = torch.zeros(n, dtype=torch.bool)
-        return {"flip": flip, "posterior_noise": torch.randn(shape, generator=generator),
-                "t": torch.randint(0, self.diffusion.num_steps, (n,), generator=generator),
-                "eps": torch.randn(shape, generator=generator)}
+        out = {"view": flip.long(), "posterior_noise": torch.randn(shape, generator=generator),
+               "t": torch.randint(0, self.diffusion.num_steps, (n,), generator=generator),
+               "eps": torch.randn(shape, generator=generator)}
+        if self.cfg.ldm.point_draws > 1:
+            out["view"] = torch.randint(0, self.dataset.views, (n,), generator=generator)
+        return out
 
     def weights(self):
         return {"model": ckpt.state_dict_for_saving(self.diffusion),
@@ -190,22 +314,21 @@ class LDMTask(Task):
         self.ema.update(self.diffusion)
 
     def write_samples(self, step: int, folder: Path) -> list[Path]:
-        device = next(self.diffusion.parameters()).device
         z = diffusion_sample(self.ema.model, self.fixed_noise.shape, sampler=self.cfg.ldm.sampler,
-                             steps=self.cfg.ldm.sample_steps, noise=self.fixed_noise.to(device))
+                             steps=self.cfg.ldm.sample_steps, noise=self.fixed_noise)
         path = folder / f"samples-step{step:07d}.png"
         if self.ae.domain == "video":
             from .render.video import contact_sheet
-            return [contact_sheet(self.ae.to(device).render(z[:8]).cpu(), path)]
+            return [contact_sheet(self.ae.render(z[:8]).cpu(), path)]
         if self.ae.domain == "occupancy":
             from .domains.occupancy import extract_meshes, preview_sheet
             from .render.mesh import write_png
-            meshes = extract_meshes(self.ae.to(device).decode(z[:8]), 32, threshold=self.ae.threshold,
+            meshes = extract_meshes(self.ae.decode(z[:8]), 32, threshold=self.ae.threshold,
                                     half_extent=self.ae.half_extent)
             return [write_png(path, preview_sheet(meshes, half_extent=self.ae.half_extent))]
         if self.ae.domain == "nerf":
             from .domains.nerf import ldm_sample_sheet
-            return [ldm_sample_sheet(self.ae.to(device), z, path)]
+            return [ldm_sample_sheet(self.ae, z, path)]
         r = self.ae.resolution
         save_grid(self.ae.render(z, 2 * r).cpu(), path, nrow=8)
         return [path]
@@ -215,9 +338,7 @@ class LDMTask(Task):
         training items, timesteps spread evenly over [0, T), fixed noise): unlike the logged
         training loss it is free of batch noise, so its curve shows real progress."""
         d = self.ema.model
-        device = next(d.parameters()).device
-        t, eps = self.probe_t.to(device), self.probe_eps.to(device)
-        z0 = self.probe_z0.to(device)
+        t, eps, z0 = self.probe_t, self.probe_eps, self.probe_z0
         total = 0.0
         for i in range(0, len(t), 16):
             part = slice(i, i + 16)

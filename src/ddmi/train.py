@@ -81,6 +81,12 @@ class Task:
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.module.parameters() if p.requires_grad]
 
+    def to(self, device: torch.device | str) -> None:
+        """Move everything a training step, a preview and an evaluation touch to ``device`` (the
+        trainer's one placement call). Subclasses holding more (an EMA, a frozen VAE, fixed
+        noise, preview tensors) move that too."""
+        self.module.to(device)
+
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer parameter groups; a group may set its own ``betas`` / ``weight_decay``
         (the learning rate schedule applies to every group)."""
@@ -218,18 +224,56 @@ class _Interrupt:
             signal.signal(sig, old)
 
 
+def mixed_precision(precision: str, device: torch.device):
+    """``(autocast context, GradScaler)`` for ``precision`` (``no`` | ``fp16`` | ``bf16``).
+
+    Weights, gradients and optimiser states stay fp32; only the forward pass runs in half
+    precision. fp16 gets dynamic loss scaling: a step whose gradients overflow is skipped and the
+    scale halves; after 2000 clean steps it doubles again. The scaler is disabled (a no-op) for
+    ``no`` and ``bf16``."""
+    if precision not in ("no", "fp16", "bf16"):
+        raise DDMIError(f"unknown mixed precision '{precision}' (choose no, fp16 or bf16)")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
+                else contextlib.nullcontext())
+    return autocast, torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def set_gpu_options(tc: DictConfig, device: torch.device) -> None:
+    """TF32 matrix products and convolutions (``tf32``; Ampere and newer GPUs)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = bool(tc.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(tc.tf32)
+
+
+def gradients_finite(params) -> bool:
+    """Whether every gradient is finite, with one host synchronisation."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
 def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: Accelerator | None = None,
-          log=print, progress: bool = True, stop_after: int | None = None) -> TrainResult:
+          log=print, progress: bool = True, stop_after: int | None = None,
+          precision: str | None = None) -> TrainResult:
     """Run (or resume) training of ``task`` with training config ``tc`` in ``run_dir``.
 
+    ``precision``: ``no`` | ``fp16`` | ``bf16`` (default ``tc.mixed_precision``): autocast of the
+    forward pass, fp32 master weights; fp16 adds dynamic loss scaling (:func:`mixed_precision`).
+    The accelerator should be created without mixed precision: the trainer applies it.
     ``stop_after``: stop (with a checkpoint) once this step is reached; used by tests.
     """
-    acc = accelerator or Accelerator(mixed_precision=tc.mixed_precision if torch.cuda.is_available() else "no",
-                                     cpu=not torch.cuda.is_available())
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     device = acc.device
     rank, world = acc.process_index, acc.num_processes
     main = acc.is_main_process
-    task.module.to(device)
+    precision = tc.mixed_precision if precision is None else precision
+    set_gpu_options(tc, device)
+    task.to(device)
+    if tc.channels_last:
+        task.module.to(memory_format=torch.channels_last)
+    autocast, scaler = mixed_precision(precision, device)
 
     betas = tuple(tc.betas)
     optimizer = torch.optim.AdamW(task.param_groups(), lr=tc.lr, betas=betas, weight_decay=tc.weight_decay)
@@ -244,17 +288,21 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
         except (ValueError, KeyError) as exc:
             raise ckpt.CheckpointError(f"optimizer state in {latest} does not match: {exc}") from None
         task.load_extra_state(state.get("extra", {}))
+        if scaler.is_enabled() and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         start_step = int(state["step"])
         if main:
             log(f"resuming {run_dir} from step {start_step} ({latest.name})")
     model, optimizer = acc.prepare(task.module, optimizer)
+    if tc.compile:
+        model = torch.compile(model)
 
     sampler = StepBatchSampler(len(task.dataset), seed=seed, batch_size=tc.batch_size,
                                grad_accum=tc.grad_accum, rank=rank, world=world,
                                start_step=start_step, steps=tc.steps,
                                positional=getattr(task.dataset, "positional", False))
     loader = DataLoader(task.dataset, batch_sampler=sampler, num_workers=getattr(task, "num_workers", 0),
-                        persistent_workers=False)
+                        persistent_workers=False, pin_memory=device.type == "cuda")
     batches = iter(loader)
 
     logger = MetricLog(run_dir / "logs", enabled=main)
@@ -264,6 +312,8 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
         acc.wait_for_everyone()
         if main:
             state = {"step": step, "optimizer": optimizer.state_dict(), "extra": task.extra_state()}
+            if scaler.is_enabled():
+                state["scaler"] = scaler.state_dict()
             ckpt.save_checkpoint(run_dir, step, weights=task.weights(), state=state, keep=tc.keep_checkpoints)
         acc.wait_for_everyone()
 
@@ -312,12 +362,12 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
                 rand = slice_inputs(rand, rank, tc.batch_size, device)
                 sync = contextlib.nullcontext() if micro == tc.grad_accum - 1 else acc.no_sync(model)
                 with sync:
-                    with acc.autocast():
-                        loss, logs = model(images.to(device), rand, **task.loss_kwargs(step))
+                    with autocast:
+                        loss, logs = model(images.to(device, non_blocking=True), rand, **task.loss_kwargs(step))
                     if not torch.isfinite(loss):
                         bad += 1
                         loss = loss * 0.0  # keep the collective calls in step across processes
-                    acc.backward(loss / tc.grad_accum)
+                    acc.backward(scaler.scale(loss / tc.grad_accum))
                 for k, v in logs.items():
                     logged[k] = logged.get(k, 0.0) + v.detach().float() / tc.grad_accum
             if logged:
@@ -325,10 +375,12 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
                 vec = torch.stack([torch.as_tensor(logged[k], device=device) for k in names])
                 vec = acc.reduce(vec, reduction="mean") if world > 1 else vec
                 sums = {k: float(v) for k, v in zip(names, vec)}
-            grads_ok = all(torch.isfinite(p.grad).all() for p in task.parameters() if p.grad is not None)
-            bad += 0 if grads_ok else 1
             bad = acc.reduce(bad, reduction="sum") if world > 1 else bad
-            if bad.item() > 0:
+            grads_ok = gradients_finite(task.parameters())   # the same on every process (all-reduced)
+            # fp16: non-finite gradients with a finite loss are an overflow of the loss scale; the
+            # scaler skips the step and halves the scale, and it is not divergence
+            overflow = scaler.is_enabled() and not grads_ok and bad.item() == 0
+            if bad.item() > 0 or not (grads_ok or overflow):
                 optimizer.zero_grad(set_to_none=True)
                 nonfinite += 1
                 if main:
@@ -340,10 +392,17 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
                 step += 1
                 continue
             nonfinite = 0
-            if tc.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            if tc.grad_clip > 0 and not overflow:
                 acc.clip_grad_norm_(task.parameters(), tc.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)          # skipped by the scaler on an overflow
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            if overflow:
+                if main:
+                    log(f"step {step}: fp16 gradient overflow, step skipped; loss scale now {scaler.get_scale():g}")
+                step += 1
+                continue
             task.after_optimizer_step(step)
             step += 1
             last_logs = {**sums, "lr": lr}

@@ -35,6 +35,7 @@ import yaml
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from .cache import DEFAULT_BYTES, BoundedCache
 from .npz import load_npz
 
 PathLike = Union[str, os.PathLike]
@@ -182,12 +183,12 @@ class ShapesDataset(Dataset):
 
     def __init__(self, root: PathLike, *, split: str = "train", classes: list[str] | None = None,
                  num_points: int = 3000, point_noise: float = 0.005, num_queries: int = 2048,
-                 seed: int = 0, cache: bool = True):
+                 seed: int = 0, cache_bytes: int = DEFAULT_BYTES):
         self.root = Path(root).expanduser()
         self.models = find_models(self.root, split, classes)
         self.num_points, self.point_noise, self.num_queries = num_points, point_noise, num_queries
         self.seed = seed
-        self._cache: dict[int, tuple] | None = {} if cache else None
+        self._cache = BoundedCache(cache_bytes)   # per process: ~2.5 MB per ONet shape
 
     def __len__(self) -> int:
         return len(self.models)
@@ -197,15 +198,13 @@ class ShapesDataset(Dataset):
         return self.root / syn / name
 
     def _arrays(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self._cache is not None and i in self._cache:
-            return self._cache[i]
+        return self._cache.get(i, lambda: self._read(i), lambda arrays: sum(a.nbytes for a in arrays))
+
+    def _read(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         folder = self.folder(i)
         surface = read_pointcloud_npz(folder / "pointcloud.npz")
         points, occ = read_points_npz(folder / "points.npz")
-        out = (surface, points, occ)
-        if self._cache is not None:
-            self._cache[i] = out
-        return out
+        return surface, points, occ
 
     def surface(self, i: int) -> np.ndarray:
         return self._arrays(i)[0]

@@ -39,6 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from .cache import BoundedCache
 from .npz import load_npz
 from ..render.volume import SRN_FOV, focal_from_fov
 
@@ -170,26 +171,22 @@ class NeRFDataset(Dataset):
         self.num_points, self.num_rays, self.ray_views = num_points, num_rays, max(1, ray_views)
         self.point_noise, self.points_scale, self.fov = point_noise, points_scale, fov
         self.views, self.seed = views, seed
-        self._cache: dict[int, dict] = {}
-        self._cached_bytes = 0
+        self._cache = BoundedCache(CACHE_BYTES)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def scene(self, i: int) -> dict[str, np.ndarray]:
         """The arrays of object ``i`` (points already scaled by ``points_scale``)."""
-        if i in self._cache:
-            return self._cache[i]
+        return self._cache.get(i, lambda: self._read_scene(i), lambda s: s["images"].nbytes)
+
+    def _read_scene(self, i: int) -> dict[str, np.ndarray]:
         s = read_scene(self.files[i])
         s["points"][:, :3] *= self.points_scale
         if self.views is not None:
             bad = [v for v in self.views if not -len(s["poses"]) <= v < len(s["poses"])]
             if bad:
                 raise DataError(f"{self.files[i]}: has {len(s['poses'])} views, view {bad[0]} requested")
-        size = s["images"].nbytes
-        if self._cached_bytes + size <= CACHE_BYTES:
-            self._cache[i] = s
-            self._cached_bytes += size
         return s
 
     def __getitem__(self, key) -> torch.Tensor:
