@@ -311,6 +311,8 @@ def run_pipeline(spec: dict) -> None:
         if stage == "vae":
             train_dir = data / "train" if domain == "image" else data
             argv = ["train", "vae", preset, f"data.dir={train_dir}", f"run_dir={run}", f"train.steps={VAE_STEPS}"]
+            if domain == "nerf":
+                argv.append("nerf.turntable_frames=4")   # `ddmi sample` renders 4 frames per turntable, not 16
         else:
             argv = ["train", "ldm", preset, f"vae={vae}", f"run_dir={run}", f"train.steps={LDM_STEPS}", *EMA]
         # quoted: YAML reads a bare `no` as the boolean false, which the config rejects
