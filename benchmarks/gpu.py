@@ -51,7 +51,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+from .paper_steps import PRECISIONS   # benchmark name -> train.mixed_precision
+
 DOMAINS = {"image": "image-tiny", "occupancy": "shapes-tiny", "nerf": "nerf-tiny", "video": "video-tiny"}
 PAPER_PRESETS = ("afhq", "celebahq", "shapenet", "srn_cars", "skytimelapse")
 PHASES = ("synth", "train-vae", "train-ldm", "sample", "reconstruct", "eval")
@@ -315,8 +316,7 @@ def run_pipeline(spec: dict) -> None:
                 argv.append("nerf.turntable_frames=4")   # `ddmi sample` renders 4 frames per turntable, not 16
         else:
             argv = ["train", "ldm", preset, f"vae={vae}", f"run_dir={run}", f"train.steps={LDM_STEPS}", *EMA]
-        # quoted: YAML reads a bare `no` as the boolean false, which the config rejects
-        argv += [f"train.mixed_precision='{mp}'", "train.log_every=1", "train.save_every=1000",
+        argv += [f"train.mixed_precision={mp}", "train.log_every=1", "train.save_every=1000",
                  "train.sample_every=0", *extra, "--no-progress"]
 
         def fn():

@@ -13,11 +13,12 @@ latents are cached). An AdamW step follows the backward pass in a timed step.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from ddmi.train import mixed_precision
 
 PAPER_PRESETS = ("afhq", "celebahq", "shapenet", "srn_cars", "skytimelapse")
 
@@ -95,7 +96,7 @@ def build_model(cfg, stage: str, device):
     return d, stage2_loss(cfg, d, latent_shape, b, device), b
 
 
-AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}   # benchmark name -> train.mixed_precision
 
 
 @dataclass
@@ -114,21 +115,15 @@ def training_step(cfg, stage: str, device, precision: str = "fp32") -> Step:
     tc = cfg.train if stage == "vae" else cfg.ldm_train
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
-    dtype = AMP[precision] if dev.type == "cuda" else None
-    scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
+    autocast, scaler = mixed_precision(PRECISIONS[precision] if dev.type == "cuda" else "no", dev)
 
     def run():
-        ctx = torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with ctx:
+        with autocast:
             loss = loss_fn()
         opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)          # the trainer's loss scaling (a no-op unless fp16)
+        scaler.update()
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(f"non-finite loss {float(loss):g}")
 
