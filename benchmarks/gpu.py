@@ -274,20 +274,10 @@ def _inputs(domain: str, data: Path) -> list[str]:
 
 
 def _device_args(cmd: list[str], device: str, log) -> Callable[[], dict]:
-    """A phase running ``ddmi CMD --device DEVICE``. When this ddmi has no ``--device`` option yet
-    and the device is the CPU (what these commands use without it), run it without the option and
-    say so in the row; on another device that is a failure (it would silently run on the CPU)."""
+    """A phase running ``ddmi CMD --device DEVICE``."""
     def fn():
-        try:
-            ddmi_cli(cmd + ["--device", device], log)
-            return {}
-        except CommandFailed as exc:
-            if "unrecognized arguments: --device" not in str(exc):
-                raise
-            if device != "cpu":
-                raise CommandFailed(f"ddmi {cmd[0]} has no --device option yet (needed for --device {device})") from None
-            ddmi_cli(cmd, log)
-            return {"note": f"ddmi {cmd[0]} has no --device option yet: ran without it (CPU)"}
+        ddmi_cli(cmd + ["--device", device], log)
+        return {}
     return fn
 
 

@@ -75,11 +75,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(cmd: list[str], env: dict) -> None:
+def _run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
     """Run ``cmd`` (at most 5 minutes: a process stuck at a barrier must not hang the suite); on
-    failure, fail the test with the command's stderr."""
+    failure, fail the test with the command's stderr. Returns the finished process (its output)."""
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"exit {proc.returncode}: {' '.join(cmd[:6])} ...\n{proc.stderr[-4000:]}"
+    return proc
 
 
 def _one_and_two_processes(tmp_path, stage: str, base: list[str], batch: int, key: str):

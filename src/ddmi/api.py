@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import checkpoint as ckpt
+from .devices import resolve_device
 from .errors import CheckpointError
 from .models import build_autoencoder
 
@@ -23,9 +24,12 @@ def _vae_folder(run_dir: Path) -> Path:
     return run_dir / "vae" if info["stage"] == "ldm" else run_dir
 
 
-def load_autoencoder(run_dir: str | Path, *, device: str | torch.device = "cpu",
+def load_autoencoder(run_dir: str | Path, *, device: str | torch.device | None = None,
                      expect_domain: str | None = None) -> torch.nn.Module:
-    """The trained D2C-VAE of a VAE run folder (latest checkpoint) or of an LDM run folder."""
+    """The trained D2C-VAE of a VAE run folder (latest checkpoint) or of an LDM run folder, in
+    eval mode on ``device`` (default: ``cuda`` when available, else ``cpu``; see
+    :func:`ddmi.devices.resolve_device`)."""
+    device = resolve_device(device)
     run_dir = Path(run_dir)
     folder = _vae_folder(run_dir)
     cfg = ckpt.load_run_config(folder)

@@ -87,6 +87,15 @@ def _prepare_run_dir(cfg, stage: str, run_dir: Path, is_main: bool, *, existing:
         ckpt.init_run_dir(run_dir, cfg, stage)
 
 
+def _device(args):
+    """``--device`` checked before any work starts (a one-line error for a bad name, an absent
+    GPU, or ``meta``); ``None`` when not given (then: the launcher's device under ``accelerate
+    launch``, else ``cuda`` when available, else ``cpu``)."""
+    from .devices import resolve_device
+    name = getattr(args, "device", None)
+    return None if name is None else resolve_device(name, allow_meta=False)
+
+
 def _accelerator(tc, *, unused_parameters: bool = False):
     """``unused_parameters``: some parameters get no gradient in some steps (GAN phases)."""
     import torch
@@ -195,9 +204,11 @@ def cmd_reconstruct(args) -> int:
     from .api import load_autoencoder
     from .data.images import load_image, save_grid, save_image
     from .domains.image import resize
+    from .devices import default_device
     _check_options(args, "resolution", "views")
+    device = _device(args) or default_device()
     _torch_threads()
-    ae = load_autoencoder(args.run_dir)
+    ae = load_autoencoder(args.run_dir, device=device)
     if ae.domain == "occupancy":
         from .domains.occupancy import reconstruct_shapes_command
         return reconstruct_shapes_command(ae, args, log=_log)
@@ -216,10 +227,10 @@ def cmd_reconstruct(args) -> int:
     rows = []
     for path in args.inputs:
         img = torch.from_numpy(load_image(path)).permute(2, 0, 1).float() / 127.5 - 1.0
-        x = resize(img[None], r)
+        x = resize(img[None], r).to(device)
         with torch.inference_mode():
             z = ae.encode(x).mode()
-            rec = ae.render(z, res)
+            rec = ae.render(z, res).cpu()
         target = out / f"{Path(path).stem}_rec{res}.png"
         if target.exists() and not args.overwrite:
             raise DDMIError(f"{target} exists (pass --overwrite to replace it)")
@@ -233,6 +244,7 @@ def cmd_reconstruct(args) -> int:
 def cmd_sample(args) -> int:
     from .stage2 import sample_command
     _check_options(args, "num", "resolution", "steps", "batch_size", "frames")
+    args.device = _device(args)
     _torch_threads()
     return sample_command(args, log=_log)
 
@@ -240,6 +252,7 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate import eval_command
     _check_options(args, "num", "resolution", "steps", "batch_size")
+    args.device = _device(args)
     _torch_threads()
     return eval_command(args, log=_log)
 
@@ -304,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="video: frame count to render (continuous time; default the training clip length)")
     s.add_argument("--normalize", action="store_true",
                    help="shapes: centre each point cloud and scale its longest side to 1 first")
+    s.add_argument("--device", default=None,
+                   help="torch device to run on, e.g. cuda, cuda:1, cpu (default: cuda when available, "
+                   "else cpu)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_reconstruct)
 
@@ -325,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a strip of --num samples between the noises of seeds --seed and --seed+1")
     s.add_argument("--no-ema", action="store_true", help="use the online weights instead of the EMA")
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--device", default=None,
+                   help="torch device to run on, e.g. cuda, cuda:1, cpu (default: cuda when available, "
+                   "else cpu; under `accelerate launch`, each process's own device)")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("eval", help="measure a run folder or a folder of generated files")
@@ -339,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", default=None)
     s.add_argument("--steps", type=int, default=None)
     s.add_argument("--json", default=None, help="where to write the figures (default: in the run folder)")
+    s.add_argument("--device", default=None,
+                   help="torch device to run on, e.g. cuda, cuda:1, cpu (default: cuda when available, "
+                   "else cpu; under `accelerate launch`, each process's own device)")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("demo", help="synthetic data -> VAE -> LDM -> samples, in minutes on a CPU")

@@ -374,7 +374,10 @@ def dpmpp_2m_sample(
 
 
 def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+    """Noise like ``x``, drawn on the generator's device (a seeded CPU generator gives the same
+    numbers whatever device ``x`` is on) and moved to ``x``'s."""
+    where = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, dtype=x.dtype, device=where, generator=generator).to(x.device)
 
 
 def _progress(it: Sequence[int], enabled: bool, desc: str):
@@ -437,7 +440,8 @@ def sample(
     device = param.device if param is not None else model.alphas_cumprod.device
     dtype = param.dtype if param is not None else torch.float32
     if noise is None:
-        noise = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        where = generator.device if generator is not None else device
+        noise = torch.randn(tuple(shape), generator=generator, device=where, dtype=dtype).to(device)
     else:
         assert tuple(noise.shape) == tuple(shape), (
             f"noise shape {tuple(noise.shape)} does not match shape {tuple(shape)}"

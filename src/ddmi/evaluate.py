@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from .devices import Shard, resolve_device
 from .domains.image import resize
 from .metrics.fid import to_uint8
 from .errors import ConfigError, DataError
@@ -88,24 +89,45 @@ def _reference_features(cfg, folder: str, resolution: int, num, seed, extractor,
     return feats
 
 
-def generate(run_dir: Path, ae, cfg, *, num: int, sampler: str | None, steps: int | None, batch_size: int,
-             seed: int) -> tuple[torch.Tensor, str, int | None]:
-    """``num`` latents sampled with the run's EMA denoiser (the seeds of ``ddmi sample --seed``):
-    ``(z, sampler, steps)`` (the sampler and step count actually used)."""
+def generate_batches(run_dir: Path, ae, cfg, *, num: int, sampler: str | None, steps: int | None,
+                     batch_size: int, seed: int, shard=None):
+    """This process's share of ``num`` latents sampled with the run's EMA denoiser (the seeds of
+    ``ddmi sample --seed``), on the autoencoder's device: ``(batches, sampler, steps)``, where
+    ``batches`` yields ``(start, z)`` one batch at a time (every batch without a ``shard``, else
+    batches ``rank, rank + W, ...``; see :class:`ddmi.devices.Shard`)."""
+    from .devices import model_device
     from .ldm import load_diffusion
-    from .stage2 import generate_latents, noise_for, resolve_sampler
+    from .stage2 import latent_batches, noise_for, resolve_sampler
     sampler, steps = resolve_sampler(cfg, sampler, steps)
-    diffusion = load_diffusion(run_dir, ae.latent_shape, ema=True)
-    noises = torch.stack([noise_for(seed, i, ae.latent_shape) for i in range(num)])
+    diffusion = load_diffusion(run_dir, ae.latent_shape, ema=True, device=model_device(ae))
+    noises = torch.stack([noise_for(seed, i, ae.latent_shape) for i in range(num)])   # CPU, then moved
+    starts = None if shard is None else shard.starts(num, batch_size)
+    batches = latent_batches(diffusion, noises, sampler=sampler, steps=steps, batch_size=batch_size,
+                             starts=starts, progress=shard is None or shard.is_main)
+    return batches, sampler, steps
+
+
+def generate(run_dir: Path, ae, cfg, *, num: int, sampler: str | None, steps: int | None, batch_size: int,
+             seed: int, device: str | torch.device | None = None) -> tuple[torch.Tensor, str, int | None]:
+    """``num`` latents sampled with the run's EMA denoiser (the seeds of ``ddmi sample --seed``):
+    ``(z, sampler, steps)`` (the sampler and step count actually used). The models run on
+    ``device`` (default: the autoencoder's, which moves there); ``z`` stays on it."""
+    if device is not None:
+        ae = ae.to(resolve_device(device))
+    batches, sampler, steps = generate_batches(run_dir, ae, cfg, num=num, sampler=sampler, steps=steps,
+                                               batch_size=batch_size, seed=seed)
     with torch.inference_mode():
-        z = generate_latents(diffusion, ae.latent_shape, noises, sampler=sampler, steps=steps,
-                             batch_size=batch_size)
+        z = torch.cat([z for _, z in batches])
     return z, sampler, steps
 
 
 def evaluate_run(run_dir: Path, *, metrics, num: int | None, resolution: int | None, sampler: str | None,
                  steps: int | None, batch_size: int, ref: str | None, seed: int = 0, i3d=None,
-                 log=print) -> dict:
+                 log=print, device: str | torch.device | None = None, shard: Shard | None = None) -> dict:
+    """The figures of a run folder (module docstring), computed on ``device`` (default: ``cuda``
+    when available, else ``cpu``). Under ``accelerate launch`` (or with a ``shard``) the samples
+    of the generation metrics are drawn, rendered and featurised in shares by every process, and
+    the main process computes the figures: only its result is complete."""
     from .api import load_autoencoder
     from .data.images import ImageFolderDataset, save_image
     from .metrics.fid import features_from_batches, fid_from_features
@@ -125,55 +147,57 @@ def evaluate_run(run_dir: Path, *, metrics, num: int | None, resolution: int | N
     if info["stage"] != "ldm" and GENERATION_METRICS & set(metrics):
         raise ConfigError(f"{run_dir} is a VAE run: {', '.join(sorted(GENERATION_METRICS & set(metrics)))} "
                           "need an LDM run (samples)")
+    shard = shard or Shard(device)
+    kw = dict(metrics=metrics, num=num, sampler=sampler, steps=steps, batch_size=batch_size, ref=ref, seed=seed,
+              log=log, shard=shard)
     if cfg.domain == "occupancy":
-        return evaluate_shapes_run(run_dir, cfg, metrics=metrics, num=num, resolution=resolution,
-                                   sampler=sampler, steps=steps, batch_size=batch_size, ref=ref, seed=seed, log=log)
+        return evaluate_shapes_run(run_dir, cfg, resolution=resolution, **kw)
     if cfg.domain == "video":
         from .domains.video import evaluate_video_run
-        return evaluate_video_run(run_dir, cfg, metrics=metrics, num=num, sampler=sampler, steps=steps,
-                                  batch_size=batch_size, ref=ref, i3d=i3d, seed=seed, log=log)
+        return evaluate_video_run(run_dir, cfg, i3d=i3d, **kw)
     if cfg.domain == "nerf":
         from .domains.nerf import evaluate_nerf_run
-        return evaluate_nerf_run(run_dir, cfg, metrics=metrics, num=num, resolution=resolution, sampler=sampler,
-                                 steps=steps, batch_size=batch_size, ref=ref, seed=seed, log=log)
-    ae = load_autoencoder(run_dir)
+        return evaluate_nerf_run(run_dir, cfg, resolution=resolution, **kw)
+    ae = load_autoencoder(run_dir, device=shard.device)
     res = resolution or ae.resolution
     eval_dir = run_dir / "eval"
     results: dict = {"run": str(run_dir), "resolution": res}
     extractor = None
     if {"fid", "kid", "rfid"} & set(metrics):
         from .metrics.inception import InceptionFeatures
-        extractor = InceptionFeatures(batch_size=50)
+        extractor = InceptionFeatures(batch_size=50, device=shard.device)
 
     if {"fid", "kid"} & set(metrics):
         num_gen = num or 1000
-        z, sampler, steps = generate(run_dir, ae, cfg, num=num_gen, sampler=sampler, steps=steps,
-                                     batch_size=batch_size, seed=seed)
+        batches, sampler, steps = generate_batches(run_dir, ae, cfg, num=num_gen, sampler=sampler, steps=steps,
+                                                   batch_size=batch_size, seed=seed, shard=shard)
         out = eval_dir / f"samples-{sampler}{steps or ''}-{res}"
         feats = []   # features per batch: the images themselves are not kept (10k at 256^2 = 2 GB)
         with torch.inference_mode():
-            for i in tqdm(range(0, num_gen, batch_size), desc="rendering + features", disable=None):
-                imgs = to_uint8(ae.render(z[i:i + batch_size], res))
-                for j, img in enumerate(imgs):
+            for i, z in batches:
+                imgs = to_uint8(ae.render(z, res))                  # on the device, as the extractor
+                for j, img in enumerate(imgs.cpu()):
                     save_image(img.permute(1, 2, 0).numpy(), out / f"{i + j:05d}.png")
-                feats.append(features_from_batches([imgs], extractor))
-        gen = np.concatenate(feats)
-        ref_dir = ref or cfg.data.dir
-        ref_feats = _reference_features(cfg, ref_dir, res, None, seed, extractor, eval_dir, log)
-        if "fid" in metrics:
-            results["fid"] = fid_from_features(gen, ref_feats)
-        if "kid" in metrics:
-            results["kid"], results["kid_std"] = kid(gen, ref_feats, seed=seed)
-        results.update(num_gen=num_gen, num_ref=len(ref_feats), sampler=sampler, steps=steps,
-                       samples=str(out), ref=str(ref_dir))
+                feats.append((i, features_from_batches([imgs], extractor)))
+        gen = np.concatenate(shard.gather_by_start(feats))
+        if shard.is_main:
+            ref_dir = ref or cfg.data.dir
+            ref_feats = _reference_features(cfg, ref_dir, res, None, seed, extractor, eval_dir, log)
+            if "fid" in metrics:
+                results["fid"] = fid_from_features(gen, ref_feats)
+            if "kid" in metrics:
+                results["kid"], results["kid_std"] = kid(gen, ref_feats, seed=seed)
+            results.update(num_gen=num_gen, num_ref=len(ref_feats), sampler=sampler, steps=steps,
+                           samples=str(out), ref=str(ref_dir))
 
-    if {"rfid", "psnr", "ssim"} & set(metrics):
+    if shard.is_main and {"rfid", "psnr", "ssim"} & set(metrics):   # reconstructions: the main process
         folder = ref or cfg.data.test_dir or cfg.data.dir
         ds = ImageFolderDataset(folder, resolution=res, skip_bad=cfg.data.skip_bad)
         rec_feats, real_feats, psnrs, ssims = [], [], [], []
         batches = _images_uint8(ds, num=num, resolution=res, seed=seed, batch_size=batch_size)
         with torch.inference_mode():
             for real, _ in tqdm(batches, desc="reconstructing", disable=None):
+                real = real.to(shard.device)
                 x = real.float() / 127.5 - 1.0
                 rec = to_uint8(ae.render(ae.encode(x).mode(), res))
                 recf = rec.float() / 127.5 - 1.0
@@ -193,18 +217,22 @@ def evaluate_run(run_dir: Path, *, metrics, num: int | None, resolution: int | N
 
 
 def evaluate_shapes_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler, steps, batch_size, ref,
-                        seed: int = 0, log=print) -> dict:
+                        seed: int = 0, log=print, device=None, shard: Shard | None = None) -> dict:
     """Shape runs. ``mmd-cd``/``cov-cd``/``1nna-cd`` (LDM): ``--num`` (default 100) generated meshes
     at ``--resolution`` (default 128), 2048 surface samples each, against 2048-point surface samples
     of the reference shapes (the test split, else the training split), unit-sphere normalised
     (spec 7). ``iou`` (VAE or LDM): reconstruction IoU of the reference shapes' occupancies from
-    their encoded point clouds (posterior mean), at the occupancy threshold."""
+    their encoded point clouds (posterior mean), at the occupancy threshold.
+
+    On ``device`` / ``shard`` as :func:`evaluate_run`: the meshes of the generated samples are
+    extracted in shares, the rest runs on the main process."""
     from .api import load_autoencoder
     from .data.shapes import ShapesDataset, find_models
     from .domains.occupancy import extract_meshes, mesh_point_clouds, shape_metrics
     from .occupancy_model import occupancy_iou
 
-    ae = load_autoencoder(run_dir)
+    shard = shard or Shard(device)
+    ae = load_autoencoder(run_dir, device=shard.device)
     sc = cfg.shapes
     root = ref or cfg.data.dir
     classes = None if sc.classes is None else list(sc.classes)
@@ -220,31 +248,36 @@ def evaluate_shapes_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler
     picked = np.sort(rng.choice(len(ds), n_ref, replace=False))
     results: dict = {"run": str(run_dir), "reference": f"{root} ({split}, {n_ref} shapes)"}
 
-    if "iou" in metrics:
+    dev = shard.device
+    if shard.is_main and "iou" in metrics:
         ious = []
         with torch.inference_mode():
             for i in picked:
-                item = ds[int(i)][None]
+                item = ds[int(i)][None].to(dev)
                 z = ae.encode(item[:, :sc.num_points, :3]).mode()
                 points, occ = ds.occupancy(int(i))
-                logits = ae.decode(z).query(ae.normalize(torch.from_numpy(points).float()))[..., 0]
-                ious.append(float(occupancy_iou(logits, torch.from_numpy(occ).float()[None], ae.threshold_logit)))
+                logits = ae.decode(z).query(ae.normalize(torch.from_numpy(points).float().to(dev)))[..., 0]
+                ious.append(float(occupancy_iou(logits, torch.from_numpy(occ).float()[None].to(dev),
+                                                ae.threshold_logit)))
         results["iou"] = float(np.mean(ious))
 
     if GENERATION_METRICS & set(metrics):
         res = resolution or 128
         num_gen = num or 100
-        z, sampler, steps = generate(run_dir, ae, cfg, num=num_gen, sampler=sampler, steps=steps,
-                                     batch_size=batch_size, seed=seed)
-        meshes = []
+        batches, sampler, steps = generate_batches(run_dir, ae, cfg, num=num_gen, sampler=sampler, steps=steps,
+                                                   batch_size=batch_size, seed=seed, shard=shard)
+        mine = []
         with torch.inference_mode():
-            for i in range(0, num_gen, batch_size):
-                meshes += extract_meshes(ae.decode(z[i:i + batch_size]), res, threshold=ae.threshold,
-                                         half_extent=ae.half_extent)
+            for i, z in batches:
+                mine.append((i, extract_meshes(ae.decode(z), res, threshold=ae.threshold,
+                                               half_extent=ae.half_extent)))
+        meshes = [m for batch in shard.gather_by_start(mine) for m in batch]
+        if not shard.is_main:
+            return results
         gen = mesh_point_clouds(meshes, 2048, seed=seed)
         ref_clouds = torch.from_numpy(np.stack([ds.surface(int(i))[rng.integers(0, len(ds.surface(int(i))), 2048)]
                                                 for i in picked])).float()
-        pc = shape_metrics(gen, ref_clouds)
+        pc = shape_metrics(gen, ref_clouds, device=dev)
         for key, name in (("mmd", "mmd-cd"), ("cov", "cov-cd"), ("nna", "1nna-cd")):
             if name in metrics:
                 results[name] = pc[key]
@@ -269,17 +302,27 @@ def _print_table(results: dict, log) -> None:
 
 
 def eval_command(args, log=print) -> int:
+    """``ddmi eval`` on ``args.device``; a run folder under ``accelerate launch`` is measured by
+    every process (see :func:`evaluate_run`) and reported by the main one."""
     path = Path(args.path)
     t0 = time.perf_counter()
     metrics = [m.lower() for m in args.metric] if args.metric else None
+    device = getattr(args, "device", None)
+    shard = Shard(device)
+    if not shard.is_main:
+        log = (lambda m: None)   # noqa: E731 - one report, from the main process
     if (path / "run.yaml").is_file():
         results = evaluate_run(path, metrics=metrics, num=args.num, resolution=args.resolution,
                                sampler=args.sampler, steps=args.steps, batch_size=args.batch_size,
-                               ref=args.ref, i3d=args.i3d, log=log)
+                               ref=args.ref, i3d=args.i3d, log=log, shard=shard)
+        if not shard.is_main:
+            return 0
         name = "-".join(sorted({m for ms in RUN_METRICS.values() for m in ms if m in results})) or "eval"
         suffix = f"-{results['resolution']}" if "resolution" in results else ""
         json_path = Path(args.json) if args.json else path / "eval" / f"{name}{suffix}.json"
     elif path.is_dir():
+        if not shard.is_main:   # a folder of files is measured by the main process alone
+            return 0
         if args.ref is None:
             raise ConfigError(f"{path} is not a run folder: pass --ref DIR (the reference files) to measure it")
         from .metrics.api import evaluate_folders
@@ -287,7 +330,7 @@ def eval_command(args, log=print) -> int:
             metrics = ["mmd-cd", "cov-cd", "1nna-cd"] if _folder_kind(path) == "points" else ["fid", "kid"]
         results = {"path": str(path), "ref": str(args.ref)}
         results.update(evaluate_folders(path, args.ref, metrics=metrics, num=args.num,
-                                        batch_size=args.batch_size, i3d=args.i3d))
+                                        batch_size=args.batch_size, i3d=args.i3d, device=shard.device))
         json_path = Path(args.json) if args.json else path / "ddmi-eval.json"
     else:
         raise DataError(f"{path} is neither a run folder nor a folder of files")

@@ -8,6 +8,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import checkpoint as ckpt
+from .devices import resolve_device
 from .diffusion import LatentDiffusion
 from .errors import CheckpointError
 from .nn.unet import UNet
@@ -38,8 +39,10 @@ def build_diffusion(cfg: DictConfig, latent_shape: tuple[int, ...], latent_scale
 
 
 def load_diffusion(run_dir: Path, latent_shape: tuple[int, ...], *, ema: bool = True,
-                   device="cpu") -> LatentDiffusion:
-    """The (EMA) diffusion model of an LDM run folder's latest checkpoint."""
+                   device: str | torch.device | None = None) -> LatentDiffusion:
+    """The (EMA) diffusion model of an LDM run folder's latest checkpoint, in eval mode on
+    ``device`` (default: ``cuda`` when available, else ``cpu``)."""
+    device = resolve_device(device)
     cfg = ckpt.load_run_config(run_dir)
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None:

@@ -247,7 +247,7 @@ class LDMTask(Task):
             if accelerator is not None:
                 accelerator.wait_for_everyone()
         device = accelerator.device if accelerator is not None else torch.device("cpu")
-        self.ae = load_autoencoder(self.run_dir).requires_grad_(False).to(device)
+        self.ae = load_autoencoder(self.run_dir, device=device).requires_grad_(False)
         if cfg.data.dir is None:
             raise ConfigError("no training data: set data.dir=FOLDER")
         source = (vae_copy / VAE_COPY_MARKER).read_text().strip() if (vae_copy / VAE_COPY_MARKER).is_file() else ""
@@ -418,15 +418,27 @@ def noise_for(seed: int, index: int, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(shape, generator=g)
 
 
+def latent_batches(diffusion, noises: torch.Tensor, *, sampler: str, steps: int | None, eta: float = 0.0,
+                   batch_size: int = 16, starts: list[int] | None = None, progress: bool = True):
+    """Sample the batches of ``noises`` (CPU) that start at ``starts`` (default: every batch of
+    ``batch_size``), one at a time: yields ``(start, latents)`` on the diffusion model's device.
+
+    Batch ``i`` always sees the noise ``noises[i:i + batch_size]`` and a generator seeded with
+    ``i`` (CPU, for the stochastic samplers), so a sample does not depend on which process or
+    device draws it, nor on which other batches are drawn."""
+    from tqdm.auto import tqdm
+    starts = list(range(0, len(noises), batch_size)) if starts is None else list(starts)
+    for i in tqdm(starts, desc=f"sampling ({sampler})", disable=not progress):
+        x = noises[i:i + batch_size]
+        yield i, diffusion_sample(diffusion, x.shape, sampler=sampler, steps=steps, eta=eta, noise=x,
+                                  generator=torch.Generator().manual_seed(i))
+
+
 def generate_latents(diffusion, latent_shape, noises: torch.Tensor, *, sampler: str, steps: int | None,
                      eta: float = 0.0, batch_size: int = 16, progress: bool = True) -> torch.Tensor:
-    from tqdm.auto import tqdm
-    out = []
-    for i in tqdm(range(0, len(noises), batch_size), desc=f"sampling ({sampler})", disable=not progress):
-        x = noises[i:i + batch_size]
-        out.append(diffusion_sample(diffusion, x.shape, sampler=sampler, steps=steps, eta=eta, noise=x,
-                                    generator=torch.Generator().manual_seed(i)))
-    return torch.cat(out)
+    """Latents of every noise (see :func:`latent_batches`), on the diffusion model's device."""
+    return torch.cat([z for _, z in latent_batches(diffusion, noises, sampler=sampler, steps=steps, eta=eta,
+                                                    batch_size=batch_size, progress=progress)])
 
 
 def _check_free(paths: list[Path], overwrite: bool) -> None:
@@ -458,23 +470,30 @@ def sampling_plan(args, cfg, latent_shape) -> tuple[str, int | None, torch.Tenso
 
 
 def sample_command(args, log=print) -> int:
+    """``ddmi sample``: on ``args.device`` (see :mod:`ddmi.devices`); under ``accelerate launch``
+    each process draws its share of the batches and writes their files, the main process the
+    grids."""
+    from .devices import Shard
     run_dir = Path(args.run_dir)
     info = ckpt.read_run_info(run_dir)
     if info["stage"] != "ldm":
         raise ConfigError(f"{run_dir} is a {info['stage']} run; `ddmi sample` needs an LDM run "
                           "(`ddmi train ldm CONFIG vae=...`)")
+    shard = Shard(getattr(args, "device", None))
+    if not shard.is_main:
+        log = (lambda m: None)   # noqa: E731 - one report, from the main process
     cfg = ckpt.load_run_config(run_dir)
-    ae = load_autoencoder(run_dir)
-    diffusion = load_diffusion(run_dir, ae.latent_shape, ema=not args.no_ema)
+    ae = load_autoencoder(run_dir, device=shard.device)
+    diffusion = load_diffusion(run_dir, ae.latent_shape, ema=not args.no_ema, device=shard.device)
     if ae.domain == "occupancy":
         from .domains.occupancy import sample_shapes_command
-        return sample_shapes_command(args, ae, diffusion, cfg, log=log)
+        return sample_shapes_command(args, ae, diffusion, cfg, log=log, shard=shard)
     if ae.domain == "nerf":
         from .domains.nerf import sample_nerf_command
-        return sample_nerf_command(args, ae, diffusion, cfg, log=log)
+        return sample_nerf_command(args, ae, diffusion, cfg, log=log, shard=shard)
     if ae.domain == "video":
         from .domains.video import sample_videos_command
-        return sample_videos_command(args, ae, diffusion, cfg, log=log)
+        return sample_videos_command(args, ae, diffusion, cfg, log=log, shard=shard)
     sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     resolutions = args.resolution or [ae.resolution]
     out = Path(args.out)
@@ -484,18 +503,26 @@ def sample_command(args, log=print) -> int:
         targets = [out / f"sample_{i:05d}_{r}.png" for i in range(args.num) for r in resolutions]
         targets += [out / f"grid_{r}.png" for r in resolutions]
     _check_free(targets, args.overwrite)
+    shard.wait()                  # every process has checked before any writes
+    rendered = {r: [] for r in resolutions}
     with torch.inference_mode():
-        z = generate_latents(diffusion, ae.latent_shape, noises, sampler=sampler, steps=steps,
-                             eta=args.eta, batch_size=args.batch_size)
-        for r in resolutions:
-            imgs = torch.cat([ae.render(z[i:i + args.batch_size], r) for i in range(0, len(z), args.batch_size)])
+        for i, z in latent_batches(diffusion, noises, sampler=sampler, steps=steps, eta=args.eta,
+                                   batch_size=args.batch_size, starts=shard.starts(len(noises), args.batch_size),
+                                   progress=shard.is_main):
+            for r in resolutions:
+                imgs = ae.render(z, r).cpu()
+                if not args.interpolate:
+                    for j, img in enumerate(imgs):
+                        save_image(img, out / f"sample_{i + j:05d}_{r}.png")
+                rendered[r].append((i, imgs))
+    for r in resolutions:
+        imgs = torch.cat(shard.gather_by_start(rendered[r]))
+        if shard.is_main:
             if args.interpolate:
                 save_grid(imgs, out / f"interpolation_{r}.png", nrow=len(imgs))
-                continue
-            for i, img in enumerate(imgs):
-                save_image(img, out / f"sample_{i:05d}_{r}.png")
-            save_grid(imgs, out / f"grid_{r}.png")
+            else:
+                save_grid(imgs, out / f"grid_{r}.png")
     what = "an interpolation strip" if args.interpolate else f"{args.num} samples + grid"
     log(f"wrote {what} at {', '.join(f'{r}x{r}' for r in resolutions)} to {out} "
-        f"({sampler}, {steps or 'default'} steps)")
+        f"({sampler}, {steps or 'default'} steps{shard.describe()})")
     return 0

@@ -155,11 +155,14 @@ def ldm_sample_sheet(ae, z: torch.Tensor, path: Path) -> Path:
 # commands
 
 
-def sample_nerf_command(args, ae, diffusion, cfg, log=print) -> int:
+def sample_nerf_command(args, ae, diffusion, cfg, log=print, shard=None) -> int:
     """``ddmi sample`` for a NeRF run: per sample and resolution, a turntable of PNG frames and
-    an animated GIF, plus one sheet of every sample's turntable per resolution."""
+    an animated GIF, plus one sheet of every sample's turntable per resolution. With a ``shard``
+    (:class:`ddmi.devices.Shard`), this process's batches only, and the sheets on the main process."""
+    from ..devices import Shard
     from ..render.mesh import write_png
-    from ..stage2 import _check_free, generate_latents, sampling_plan
+    from ..stage2 import _check_free, latent_batches, sampling_plan
+    shard = shard or Shard(next(diffusion.parameters()).device)
     sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     resolutions = args.resolution or [128]
     out = Path(args.out)
@@ -170,27 +173,37 @@ def sample_nerf_command(args, ae, diffusion, cfg, log=print) -> int:
     targets += [out / s / "frame_000.png" for r in resolutions for s in stems[r]]
     targets += [out / f"turntables_{r}.png" for r in resolutions]
     _check_free(targets, args.overwrite)
+    shard.wait()                  # every process has checked before any writes
+    rows = {r: [] for r in resolutions}
     with torch.inference_mode():
-        z = generate_latents(diffusion, ae.latent_shape, noises, sampler=sampler, steps=steps,
-                             eta=args.eta, batch_size=args.batch_size)
-        for r in resolutions:
-            rows = []
-            for i in range(len(z)):
-                frames = to_uint8(render_latents(ae, z[i:i + 1], poses, r)[0])
-                for k, f in enumerate(frames):
-                    write_png(out / stems[r][i] / f"frame_{k:03d}.png", f)
-                write_gif(out / f"{stems[r][i]}.gif", frames)
-                rows.append(frames[np.linspace(0, len(frames) - 1, min(8, len(frames)), endpoint=False).astype(int)]
-                            if len(frames) > 8 else frames)
-            write_png(out / f"turntables_{r}.png", sheet(rows))
+        for i0, z in latent_batches(diffusion, noises, sampler=sampler, steps=steps, eta=args.eta,
+                                    batch_size=args.batch_size, starts=shard.starts(len(noises), args.batch_size),
+                                    progress=shard.is_main):
+            for r in resolutions:
+                for k0 in range(len(z)):
+                    i = i0 + k0
+                    frames = to_uint8(render_latents(ae, z[k0:k0 + 1], poses, r)[0])
+                    for k, f in enumerate(frames):
+                        write_png(out / stems[r][i] / f"frame_{k:03d}.png", f)
+                    write_gif(out / f"{stems[r][i]}.gif", frames)
+                    row = frames[np.linspace(0, len(frames) - 1, min(8, len(frames)), endpoint=False).astype(int)] \
+                        if len(frames) > 8 else frames
+                    rows[r].append((i, row))
+    for r in resolutions:
+        gathered = shard.gather_by_start(rows[r])
+        if shard.is_main:
+            write_png(out / f"turntables_{r}.png", sheet(gathered))
     log(f"wrote {len(noises)} turntables ({len(poses)} frames: PNG + GIF) at "
-        f"{', '.join(f'{r}x{r}' for r in resolutions)} to {out} ({sampler}, {steps or 'default'} steps)")
+        f"{', '.join(f'{r}x{r}' for r in resolutions)} to {out} ({sampler}, {steps or 'default'} steps"
+        f"{shard.describe()})")
     return 0
 
 
 def reconstruct_nerf_command(ae, args, log=print) -> int:
     """``ddmi reconstruct`` for a NeRF run: srn-cars ``.npz`` objects -> their encoded point
-    clouds -> renders of ``--views`` of their views, with PSNR / SSIM against the images."""
+    clouds -> renders of ``--views`` of their views, with PSNR / SSIM against the images (on the
+    autoencoder's device)."""
+    from ..devices import model_device
     from ..data.srn import read_scene
     from ..metrics.image_quality import psnr, ssim
     from ..render.mesh import write_png
@@ -214,8 +227,8 @@ def reconstruct_nerf_command(ae, args, log=print) -> int:
         views = np.unique(np.linspace(0, v - 1, min(nviews, v)).round().astype(int))
         res = args.resolution or w
         with torch.inference_mode():
-            z = ae.encode(torch.from_numpy(pts[pick])[None]).mode()
-            pred = render_latents(ae, z, torch.from_numpy(s["poses"][views]), res)[0]      # (V, 3, R, R)
+            z = ae.encode(torch.from_numpy(pts[pick])[None].to(model_device(ae))).mode()
+            pred = render_latents(ae, z, torch.from_numpy(s["poses"][views]), res)[0].cpu()   # (V, 3, R, R)
         frames = to_uint8(pred)
         for k, f in zip(views, frames):
             write_png(out / f"{stem}_view{k:03d}.png", f)
@@ -261,7 +274,7 @@ def _gt_views(scene: dict, views, res: int) -> torch.Tensor:
 
 
 def evaluate_nerf_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler, steps, batch_size, ref,
-                      seed: int = 0, log=print) -> dict:
+                      seed: int = 0, log=print, device=None, shard=None) -> dict:
     """NeRF runs. Reference objects: ``--ref`` or ``data.test_dir`` or ``data.dir`` (its ``val``
     split, else ``train``).
 
@@ -271,19 +284,25 @@ def evaluate_nerf_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler, 
     * ``fid``, ``kid`` (LDM): ``--num`` (default 100) EMA samples, each rendered from 4 cameras
       drawn at random from the reference objects' cameras, against as many reference views drawn
       the same way, all at ``--resolution`` (default 128) and quantised to uint8.
+
+    Everything runs on ``device``; with a ``shard`` (:class:`ddmi.devices.Shard`, as
+    :func:`ddmi.evaluate.evaluate_run`) the generated samples are drawn, rendered and featurised
+    in shares and the main process does the rest.
     """
     from tqdm.auto import tqdm
 
     from ..api import load_autoencoder
-    from ..evaluate import generate
+    from ..devices import Shard
+    from ..evaluate import generate_batches
     from ..metrics.image_quality import psnr, ssim
 
-    ae = load_autoencoder(run_dir)
+    shard = shard or Shard(device)
+    ae = load_autoencoder(run_dir, device=shard.device)
     ds = _reference_objects(cfg, ref or cfg.data.test_dir or cfg.data.dir)
     rng = np.random.default_rng(seed)
     results: dict = {"run": str(run_dir), "reference": f"{ds.files[0].parent} ({len(ds)} objects)"}
 
-    if {"psnr", "ssim"} & set(metrics):
+    if shard.is_main and {"psnr", "ssim"} & set(metrics):      # reconstructions: the main process
         n = len(ds) if num is None else min(num, len(ds))
         psnrs, ssims = [], []
         with torch.inference_mode():
@@ -291,7 +310,7 @@ def evaluate_nerf_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler, 
                 s = ds.scene(i)
                 views = np.unique(np.linspace(0, len(s["poses"]) - 1, min(8, len(s["poses"]))).round().astype(int))
                 res = resolution or s["images"].shape[2]
-                points = ds[i][None, :ae.num_points, :6]
+                points = ds[i][None, :ae.num_points, :6].to(shard.device)
                 pred = render_latents(ae, ae.encode(points).mode(), torch.from_numpy(s["poses"][views]), res)[0]
                 pred = torch.from_numpy(to_uint8(pred)).permute(0, 3, 1, 2).float() / 255
                 gt = torch.from_numpy(to_uint8(_gt_views(s, views, res))).permute(0, 3, 1, 2).float() / 255
@@ -312,23 +331,29 @@ def evaluate_nerf_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler, 
         per_object = 4
         res = resolution or 128
         num_gen = num or 100
-        extractor = InceptionFeatures(batch_size=50)
+        extractor = InceptionFeatures(batch_size=50, device=shard.device)
 
         def draw_cameras(count):
             objs = rng.integers(0, len(ds), count)
             return [(int(o), int(rng.integers(0, len(ds.scene(int(o))["poses"])))) for o in objs]
 
-        z, sampler, steps = generate(run_dir, ae, cfg, num=num_gen, sampler=sampler, steps=steps,
-                                     batch_size=batch_size, seed=seed)
+        cameras = [draw_cameras(per_object) for _ in range(num_gen)]    # every process: the same draws
+        batches, sampler, steps = generate_batches(run_dir, ae, cfg, num=num_gen, sampler=sampler, steps=steps,
+                                                   batch_size=batch_size, seed=seed, shard=shard)
         out = run_dir / "eval" / f"samples-{sampler}{steps or ''}-{res}"
         gen_f = []
         with torch.inference_mode():
-            for i in tqdm(range(num_gen), desc="rendering + features", disable=None):
-                cams = draw_cameras(per_object)
-                poses = torch.from_numpy(np.stack([ds.scene(o)["poses"][v] for o, v in cams]))
-                frames = to_uint8(render_latents(ae, z[i:i + 1], poses, res)[0])      # (V, R, R, 3)
-                write_png(out / f"sample_{i:05d}.png", sheet([frames]))
-                gen_f.append(features_from_batches([torch.from_numpy(frames).permute(0, 3, 1, 2)], extractor))
+            for i0, z in batches:
+                for k in range(len(z)):
+                    i = i0 + k
+                    poses = torch.from_numpy(np.stack([ds.scene(o)["poses"][v] for o, v in cameras[i]]))
+                    frames = to_uint8(render_latents(ae, z[k:k + 1], poses, res)[0])      # (V, R, R, 3)
+                    write_png(out / f"sample_{i:05d}.png", sheet([frames]))
+                    gen_f.append((i, features_from_batches([torch.from_numpy(frames).permute(0, 3, 1, 2)],
+                                                           extractor)))
+        gen_f = shard.gather_by_start(gen_f)
+        if not shard.is_main:
+            return results
         ref_imgs = [to_uint8(_gt_views(ds.scene(o), [v], res))[0] for o, v in draw_cameras(num_gen * per_object)]
         ref_f = features_from_batches((torch.from_numpy(np.stack(ref_imgs[i:i + 50])).permute(0, 3, 1, 2)
                                        for i in range(0, len(ref_imgs), 50)), extractor)

@@ -57,10 +57,10 @@ def extract_meshes(field: Field, resolution: int, *, threshold: float = 0.2, hal
     return meshes
 
 
-def write_meshes(meshes: list[Mesh], out: Path, stems: list[str], *, preview_size: int = 192,
-                 half_extent: float = 0.55, grid_name: str | None = "grid.png") -> list[Path]:
-    """``stem.ply``, ``stem.obj`` and ``stem.png`` (three shaded views) per mesh, plus a grid of
-    one view per mesh (``grid_name``)."""
+def write_mesh_files(meshes: list[Mesh], out: Path, stems: list[str], *, preview_size: int = 192,
+                     half_extent: float = 0.55) -> tuple[list[Path], list[np.ndarray]]:
+    """``stem.ply``, ``stem.obj`` and ``stem.png`` (three shaded views) per mesh: ``(paths, grid
+    tiles)``, a tile being one view per mesh (see :func:`write_grid`)."""
     written, tiles = [], []
     for (v, f), stem in zip(meshes, stems):
         written.append(meshio.write_ply(out / f"{stem}.ply", v, f))
@@ -68,9 +68,20 @@ def write_meshes(meshes: list[Mesh], out: Path, stems: list[str], *, preview_siz
         sheet = meshio.preview(v, f, size=preview_size, extent=half_extent)
         written.append(meshio.write_png(out / f"{stem}.png", sheet))
         tiles.append(sheet[:, :preview_size + 4])
+    return written, tiles
+
+
+def write_grid(tiles: list[np.ndarray], path: Path) -> Path:
+    """One contact sheet of the tiles of :func:`write_mesh_files` (at most 4 per row)."""
+    return meshio.write_png(path, meshio.contact_sheet(tiles, ncol=min(len(tiles), 4)))
+
+
+def write_meshes(meshes: list[Mesh], out: Path, stems: list[str], *, preview_size: int = 192,
+                 half_extent: float = 0.55, grid_name: str | None = "grid.png") -> list[Path]:
+    """:func:`write_mesh_files`, plus a grid of one view per mesh (``grid_name``)."""
+    written, tiles = write_mesh_files(meshes, out, stems, preview_size=preview_size, half_extent=half_extent)
     if grid_name:
-        ncol = min(len(tiles), 4)
-        written.append(meshio.write_png(out / grid_name, meshio.contact_sheet(tiles, ncol=ncol)))
+        written.append(write_grid(tiles, out / grid_name))
     return written
 
 
@@ -100,9 +111,13 @@ def shape_metrics(generated: torch.Tensor, reference: torch.Tensor, **kw) -> dic
 # commands
 
 
-def sample_shapes_command(args, ae, diffusion, cfg, log=print) -> int:
-    """``ddmi sample`` for a shapes run: meshes (PLY + OBJ) and PNG previews per sample."""
-    from ..stage2 import _check_free, generate_latents, sampling_plan
+def sample_shapes_command(args, ae, diffusion, cfg, log=print, shard=None) -> int:
+    """``ddmi sample`` for a shapes run: meshes (PLY + OBJ) and PNG previews per sample; with a
+    ``shard`` (:class:`ddmi.devices.Shard`), this process's batches only, and the grids on the
+    main process."""
+    from ..devices import Shard
+    from ..stage2 import _check_free, latent_batches, sampling_plan
+    shard = shard or Shard(next(diffusion.parameters()).device)
     sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     resolutions = args.resolution or [128]
     out = Path(args.out)
@@ -111,20 +126,26 @@ def sample_shapes_command(args, ae, diffusion, cfg, log=print) -> int:
     targets = [out / f"{s}.{ext}" for r in resolutions for s in stems[r] for ext in ("ply", "obj", "png")]
     targets += [out / f"grid_{r}.png" for r in resolutions]
     _check_free(targets, args.overwrite)
+    shard.wait()                  # every process has checked before any writes
+    tiles, empty = {r: [] for r in resolutions}, {r: 0 for r in resolutions}
     with torch.inference_mode():
-        z = generate_latents(diffusion, ae.latent_shape, noises, sampler=sampler, steps=steps,
-                             eta=args.eta, batch_size=args.batch_size)
-        for r in resolutions:
-            meshes = []
-            for i in range(0, len(z), args.batch_size):
-                meshes += extract_meshes(ae.decode(z[i:i + args.batch_size]), r, threshold=ae.threshold,
-                                         half_extent=ae.half_extent)
-            write_meshes(meshes, out, stems[r], half_extent=ae.half_extent, grid_name=f"grid_{r}.png")
-            empty = sum(len(f) == 0 for _, f in meshes)
-            if empty:
-                log(f"warning: {empty} of {len(meshes)} samples at {r}^3 have an empty surface")
+        for i, z in latent_batches(diffusion, noises, sampler=sampler, steps=steps, eta=args.eta,
+                                   batch_size=args.batch_size, starts=shard.starts(len(noises), args.batch_size),
+                                   progress=shard.is_main):
+            for r in resolutions:
+                meshes = extract_meshes(ae.decode(z), r, threshold=ae.threshold, half_extent=ae.half_extent)
+                _, t = write_mesh_files(meshes, out, stems[r][i:i + len(z)], half_extent=ae.half_extent)
+                tiles[r].append((i, t))
+                empty[r] += sum(len(f) == 0 for _, f in meshes)
+    for r in resolutions:
+        grid = [t for batch in shard.gather_by_start(tiles[r]) for t in batch]
+        n_empty = sum(shard.gather([empty[r]]))
+        if shard.is_main:
+            write_grid(grid, out / f"grid_{r}.png")
+        if n_empty:
+            log(f"warning: {n_empty} of {len(noises)} samples at {r}^3 have an empty surface")
     log(f"wrote {len(noises)} meshes (PLY + OBJ + PNG) at {', '.join(f'{r}^3' for r in resolutions)} "
-        f"to {out} ({sampler}, {steps or 'default'} steps)")
+        f"to {out} ({sampler}, {steps or 'default'} steps{shard.describe()})")
     return 0
 
 
@@ -163,7 +184,9 @@ def _unique_stems(paths: list[Path], suffix: str) -> list[str]:
 
 
 def reconstruct_shapes_command(ae, args, log=print) -> int:
-    """``ddmi reconstruct`` for a shapes run: point clouds -> meshes (+ PNG previews)."""
+    """``ddmi reconstruct`` for a shapes run: point clouds -> meshes (+ PNG previews), on the
+    autoencoder's device."""
+    from ..devices import model_device
     out = Path(args.out)
     res = args.resolution or 128
     rng = np.random.default_rng(0)
@@ -181,7 +204,7 @@ def reconstruct_shapes_command(ae, args, log=print) -> int:
             pts = (pts - (lo + hi) / 2) / max(float((hi - lo).max()), 1e-12)
         pts = pts[rng.integers(0, len(pts), ae.num_points)]
         with torch.inference_mode():
-            z = ae.encode(torch.from_numpy(pts)[None]).mode()
+            z = ae.encode(torch.from_numpy(pts)[None].to(model_device(ae))).mode()
             meshes += extract_meshes(ae.decode(z), res, threshold=ae.threshold, half_extent=ae.half_extent)
     write_meshes(meshes, out, stems, half_extent=ae.half_extent, grid_name="reconstructions.png")
     log(f"wrote {len(meshes)} reconstructed meshes at {res}^3 to {out} (PLY + OBJ + PNG each)")

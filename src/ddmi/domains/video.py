@@ -54,9 +54,12 @@ def _sizes(args, ae) -> list[tuple[int, int]]:
     return [(r, f) for r in resolutions for f in frame_counts]
 
 
-def sample_videos_command(args, ae, diffusion, cfg, log=print) -> int:
-    """``ddmi sample`` for a video run (module docstring)."""
-    from ..stage2 import _check_free, generate_latents, sampling_plan
+def sample_videos_command(args, ae, diffusion, cfg, log=print, shard=None) -> int:
+    """``ddmi sample`` for a video run (module docstring); with a ``shard``
+    (:class:`ddmi.devices.Shard`), this process's batches only, and the sheets on the main process."""
+    from ..devices import Shard
+    from ..stage2 import _check_free, latent_batches, sampling_plan
+    shard = shard or Shard(next(diffusion.parameters()).device)
     sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     out = Path(args.out)
     prefix = "interpolation" if args.interpolate else "sample"
@@ -64,21 +67,34 @@ def sample_videos_command(args, ae, diffusion, cfg, log=print) -> int:
     stems = {s: [f"{prefix}_{i:05d}_{s[0]}x{s[1]}" for i in range(len(noises))] for s in sizes}
     targets = [out / f"{st}.gif" for s in sizes for st in stems[s]] + [out / f"sheet_{r}x{f}.png" for r, f in sizes]
     _check_free(targets, args.overwrite)
+    shard.wait()                  # every process has checked before any writes
+    rendered = {s: [] for s in sizes}
     with torch.inference_mode():
-        z = generate_latents(diffusion, ae.latent_shape, noises, sampler=sampler, steps=steps,
-                             eta=args.eta, batch_size=args.batch_size)
-        for r, f in sizes:
-            clips = torch.cat([ae.render(z[i:i + args.batch_size], r, f) for i in range(0, len(z), args.batch_size)])
-            write_clips(clips, out, stems[(r, f)], fps=ae.fps, sheet=f"sheet_{r}x{f}.png", log=log)
+        for i, z in latent_batches(diffusion, noises, sampler=sampler, steps=steps, eta=args.eta,
+                                   batch_size=args.batch_size, starts=shard.starts(len(noises), args.batch_size),
+                                   progress=shard.is_main):
+            for r, f in sizes:
+                clips = ae.render(z, r, f).cpu()
+                write_clips(clips, out, stems[(r, f)][i:i + len(z)], fps=ae.fps, sheet=None, log=lambda m: None)
+                rendered[(r, f)].append((i, clips))
+    for r, f in sizes:
+        clips = torch.cat(shard.gather_by_start(rendered[(r, f)]))
+        if shard.is_main:
+            vio.contact_sheet(clips, out / f"sheet_{r}x{f}.png")
+    if not have_mp4():
+        log("note: MP4 files need PyAV (pip install 'ddmi[video]'); wrote GIFs and frames only")
     log(f"wrote {len(noises)} videos (MP4/GIF/frames + sheet) at "
-        f"{', '.join(f'{r}x{r}, {f} frames' for r, f in sizes)} to {out} ({sampler}, {steps or 'default'} steps)")
+        f"{', '.join(f'{r}x{r}, {f} frames' for r, f in sizes)} to {out} "
+        f"({sampler}, {steps or 'default'} steps{shard.describe()})")
     return 0
 
 
 def reconstruct_videos_command(ae, args, log=print) -> int:
     """``ddmi reconstruct`` for a video run: video files or frame folders -> reconstructed clips
-    (the first ``video.frames`` frames of each input) at ``--resolution`` and ``--frames``."""
+    (the first ``video.frames`` frames of each input) at ``--resolution`` and ``--frames``, on the
+    autoencoder's device."""
     from ..data.videos import load_clip
+    from ..devices import model_device
     from ..stage2 import _check_free
     out = Path(args.out)
     sizes = _sizes(args, ae)
@@ -89,9 +105,9 @@ def reconstruct_videos_command(ae, args, log=print) -> int:
     _check_free([out / f"{s}_rec{r}x{f}.gif" for s in stems for r, f in sizes], args.overwrite)
     clips = torch.stack([load_clip(p, ae.frames, ae.resolution) for p in args.inputs])
     with torch.inference_mode():
-        z = ae.encode(clips).mode()
+        z = ae.encode(clips.to(model_device(ae))).mode()
         for r, f in sizes:
-            rec = ae.render(z, r, f)
+            rec = ae.render(z, r, f).cpu()
             write_clips(rec, out, [f"{s}_rec{r}x{f}" for s in stems], fps=ae.fps,
                         sheet=f"reconstructions_{r}x{f}.png", frames_folders=False, log=log)
     vio.contact_sheet(clips, out / "inputs.png")
@@ -120,7 +136,7 @@ def _clip_set(root, split: str, ae, *, num: int | None, seed: int):
 
 
 def evaluate_video_run(run_dir: Path, cfg, *, metrics, num, sampler, steps, batch_size, ref, i3d, seed: int = 0,
-                       log=print) -> dict:
+                       log=print, device=None, shard=None) -> dict:
     """Video runs, at the training size (``video.frames`` frames of ``R x R``).
 
     * ``fvd`` (LDM): ``--num`` EMA samples (default: as many as reference clips) against one fixed
@@ -130,6 +146,10 @@ def evaluate_video_run(run_dir: Path, cfg, *, metrics, num, sampler, steps, batc
       from the posterior mean; PSNR / SSIM are per frame, averaged over frames then clips.
 
     FVD needs the I3D weights (``--i3d``); they are loaded before any work starts.
+
+    Everything runs on ``device``; with a ``shard`` (:class:`ddmi.devices.Shard`, as
+    :func:`ddmi.evaluate.evaluate_run`) the generated clips are drawn and embedded in shares and
+    the main process does the rest.
     """
     import numpy as np
     from tqdm.auto import tqdm
@@ -137,16 +157,18 @@ def evaluate_video_run(run_dir: Path, cfg, *, metrics, num, sampler, steps, batc
     from ..api import load_autoencoder
     from ..data.videos import split_folder
     from ..errors import DataError
-    from ..evaluate import generate
+    from ..devices import Shard
+    from ..evaluate import generate_batches
     from ..metrics.fvd import fvd_from_features, i3d_embeddings, load_i3d
     from ..metrics.image_quality import psnr, ssim
 
-    net = load_i3d(i3d) if {"fvd", "rfvd"} & set(metrics) else None
-    ae = load_autoencoder(run_dir)
+    shard = shard or Shard(device)
+    net = load_i3d(i3d, device=shard.device) if {"fvd", "rfvd"} & set(metrics) else None
+    ae = load_autoencoder(run_dir, device=shard.device)
     results: dict = {"run": str(run_dir), "resolution": ae.resolution, "frames": ae.frames}
     eval_dir = run_dir / "eval"
 
-    if {"rfvd", "psnr", "ssim"} & set(metrics):
+    if shard.is_main and {"rfvd", "psnr", "ssim"} & set(metrics):    # reconstructions: the main process
         root = ref or cfg.data.test_dir or cfg.data.dir
         try:
             split_folder(root, "val")
@@ -160,7 +182,7 @@ def evaluate_video_run(run_dir: Path, cfg, *, metrics, num, sampler, steps, batc
         with torch.inference_mode():
             for i in tqdm(range(0, len(idx), batch_size), desc="reconstructing", disable=None):
                 real = clips_uint8(torch.stack([ds[j] for j in idx[i:i + batch_size]]))
-                x = real.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+                x = real.permute(0, 4, 1, 2, 3).to(shard.device).float() / 127.5 - 1.0
                 rec = clips_uint8(ae.render(ae.encode(x).mode(), ae.resolution, ae.frames))
                 for a, b in zip(rec, real):          # (T, H, W, 3) each: frames as a batch
                     fa = a.permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -184,16 +206,20 @@ def evaluate_video_run(run_dir: Path, cfg, *, metrics, num, sampler, steps, batc
         num_gen = num or len(idx)
         if min(num_gen, len(idx)) < 2:
             raise DataError(f"FVD needs at least 2 clips on each side (got {num_gen} generated, {len(idx)} reference)")
-        z, sampler, steps = generate(run_dir, ae, cfg, num=num_gen, sampler=sampler, steps=steps,
-                                     batch_size=batch_size, seed=seed)
+        batches, sampler, steps = generate_batches(run_dir, ae, cfg, num=num_gen, sampler=sampler, steps=steps,
+                                                   batch_size=batch_size, seed=seed, shard=shard)
         out = eval_dir / f"samples-{sampler}{steps or ''}-{ae.resolution}x{ae.frames}"
         gen_f, ref_f = [], []
         with torch.inference_mode():
-            for i in tqdm(range(0, num_gen, batch_size), desc="rendering + I3D", disable=None):
-                clips = ae.render(z[i:i + batch_size], ae.resolution, ae.frames)
+            for i, z in batches:
+                clips = ae.render(z, ae.resolution, ae.frames).cpu()
                 for k, clip in enumerate(clips):
                     vio.write_frames(clip, out / f"sample_{i + k:05d}")
-                gen_f.append(i3d_embeddings(clips_uint8(clips), net))
+                gen_f.append((i, i3d_embeddings(clips_uint8(clips), net)))   # moved to the I3D's device
+        gen_f = shard.gather_by_start(gen_f)
+        if not shard.is_main:
+            return results
+        with torch.inference_mode():
             for i in tqdm(range(0, len(idx), batch_size), desc="reference I3D", disable=None):
                 ref_f.append(i3d_embeddings(clips_uint8(torch.stack([ds[j] for j in idx[i:i + batch_size]])), net))
         results["fvd"] = fvd_from_features(np.concatenate(gen_f), np.concatenate(ref_f))

@@ -108,7 +108,7 @@ def evaluate_folders(
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
     i3d: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> dict[str, float]:
     """Compute the named metrics between ``gen_dir`` and ``ref_dir``; returns {name: value}.
 
@@ -116,7 +116,11 @@ def evaluate_folders(
     FID/KID/FVD/point clouds, the first ``num`` pairs for PSNR/SSIM). Besides the metric values,
     the result holds ``num_gen`` / ``num_ref`` for the distribution metrics and ``kid_std``.
     Reference-folder Inception features are cached (see :func:`ddmi.metrics.fid.folder_features`).
+    The networks and the images they measure live on ``device`` (default: ``cuda`` when
+    available, else ``cpu``).
     """
+    from ddmi.devices import resolve_device
+    device = resolve_device(device)
     names = [m.lower() for m in ([metrics] if isinstance(metrics, str) else metrics)]
     unknown = [m for m in names if m not in _METRICS]
     if unknown:

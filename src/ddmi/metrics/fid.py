@@ -196,12 +196,12 @@ def fid_from_features(feats1: np.ndarray, feats2: np.ndarray, *, method: str = "
     return frechet_distance_of_features(feats1, feats2, method=method)
 
 
-def _default_extractor(extractor, batch_size):
+def _default_extractor(extractor, batch_size, device=None):
     if extractor is not None:
         return extractor
     from ddmi.metrics.inception import InceptionFeatures
 
-    return InceptionFeatures(batch_size=batch_size)
+    return InceptionFeatures(batch_size=batch_size, device=device)
 
 
 def _both_folder_features(gen_dir, ref_dir, extractor, num, seed, batch_size, cache, cache_dir, progress):
@@ -223,9 +223,10 @@ def fid_from_folders(
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> float:
-    """FID between the images of two folders (Inception-v3 unless ``extractor`` is given)."""
-    extractor = _default_extractor(extractor, batch_size)
+    """FID between the images of two folders (Inception-v3 on ``device`` unless ``extractor`` is given)."""
+    extractor = _default_extractor(extractor, batch_size, device)
     gen, ref = _both_folder_features(gen_dir, ref_dir, extractor, num, seed, batch_size, cache, cache_dir, progress)
     return fid_from_features(gen, ref)
 
@@ -243,9 +244,10 @@ def kid_from_folders(
     progress: bool = True,
     num_subsets: int = 100,
     subset_size: int = 1000,
+    device: str | torch.device | None = None,
 ) -> tuple[float, float]:
     """KID (mean, std over subsets) between the images of two folders."""
-    extractor = _default_extractor(extractor, batch_size)
+    extractor = _default_extractor(extractor, batch_size, device)
     gen, ref = _both_folder_features(gen_dir, ref_dir, extractor, num, seed, batch_size, cache, cache_dir, progress)
     return kid(gen, ref, num_subsets=num_subsets, subset_size=subset_size, seed=seed)
 

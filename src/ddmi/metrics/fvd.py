@@ -165,8 +165,11 @@ class InceptionI3d(nn.Module):
         return x.mean(dim=(3, 4)).mean(dim=2)
 
 
-def load_i3d(path: str | os.PathLike | None, *, device: str | torch.device = "cpu") -> InceptionI3d:
-    """Build the I3D and load a local ``i3d_pretrained_400.pt`` state dict (eval mode)."""
+def load_i3d(path: str | os.PathLike | None, *, device: str | torch.device | None = None) -> InceptionI3d:
+    """Build the I3D and load a local ``i3d_pretrained_400.pt`` state dict (eval mode, on
+    ``device``: default ``cuda`` when available, else ``cpu``)."""
+    from ddmi.devices import resolve_device
+    device = resolve_device(device)
     if path is None:
         raise MissingDependencyError(_I3D_HINT)
     path = Path(path).expanduser()

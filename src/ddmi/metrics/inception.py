@@ -96,7 +96,11 @@ class InceptionFeatures:
 
     dim = FEATURE_DIM
 
-    def __init__(self, *, device: str | torch.device = "cpu", batch_size: int = 50):
+    def __init__(self, *, device: str | torch.device | None = None, batch_size: int = 50):
+        """``device``: where the network runs and the images go (default: ``cuda`` when
+        available, else ``cpu``); features come back on the CPU."""
+        from ddmi.devices import resolve_device
+        device = resolve_device(device)
         path = inception_weights_path()
         try:
             with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; still supported

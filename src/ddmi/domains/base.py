@@ -1,0 +1,137 @@
+"""The Domain protocol: everything that knows what a pixel, a frame, a ray or an occupancy is.
+
+Training, generation and the commands are domain-agnostic; they reach a domain only through
+:func:`ddmi.domains.get` and the methods below. A domain imports only the layers under it
+(``fields``, ``nn``, ``vae``, ``diffusion``, ``data``, ``render``, ``metrics``, ``losses``,
+``files``, ``errors``) and never the layers that drive it (``training``, ``commands``, ``runs``,
+``generate``): what it needs from them (latents to write, a function that generates more) is
+passed in.
+
+Shapes: ``z`` is a batch of latents ``(B, *ae.latent_shape)``; ``ae`` is the domain's
+autoencoder (:meth:`Domain.build_autoencoder`): ``encode(x) -> DiagonalGaussian``,
+``decode(z) -> Field``, ``latent_shape``, ``encoder_views(batch)``, ``random_inputs(g, n, ...)``,
+``forward(batch, rand, **loss_kwargs) -> (loss, logs)``.
+
+A third-party domain subclasses :class:`Domain` and registers an instance, either by calling
+:func:`ddmi.domains.register` or through the ``ddmi.domains`` entry-point group of its package::
+
+    [project.entry-points."ddmi.domains"]
+    audio = "my_package.audio:AudioDomain"
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import Dataset
+
+Log = Callable[[str], None]
+# ``generate(num, seed) -> z``: ``num`` latents sampled by the run's (EMA) denoiser
+Generate = Callable[[int, int], torch.Tensor]
+
+
+class Domain:
+    """Defaults shared by the built-in domains; override what differs."""
+
+    name: str = ""
+    description: str = ""
+    #: name of the domain's own config section (``cfg[section]``) and its dataclass schema
+    section: str | None = None
+    section_schema: type | None = None
+    #: metrics ``ddmi eval`` knows for run folders of this domain, and the defaults per stage
+    run_metrics: tuple[str, ...] = ()
+    default_metrics: dict[str, tuple[str, ...]] = {}
+    #: whether stage 1 can be fine-tuned adversarially (``gan.enabled``)
+    adversarial: bool = False
+
+    # --- configuration -------------------------------------------------------------------
+    def validate(self, cfg: DictConfig, check: Callable[[bool, str, str], None]) -> None:
+        """Check the domain's own keys: ``check(ok, key, why)``."""
+
+    # --- models ---------------------------------------------------------------------------
+    def build_autoencoder(self, cfg: DictConfig) -> nn.Module:
+        raise NotImplementedError
+
+    def build_denoiser(self, cfg: DictConfig, latent_shape: tuple[int, ...]) -> nn.Module:
+        """The stage-2 denoiser of latents ``latent_shape``: an ADM UNet over the latent grid."""
+        from ..nn.unet import UNet
+        return UNet(**unet_arguments(cfg, latent_shape))
+
+    def build_discriminator(self, cfg: DictConfig) -> nn.Module:
+        """The critic of adversarial fine-tuning: ``disc(x, cond) -> (logits list, features)``."""
+        raise NotImplementedError(f"the {self.name} domain has no adversarial fine-tuning")
+
+    # --- stage 1 --------------------------------------------------------------------------
+    def training_dataset(self, cfg: DictConfig, log: Log) -> Dataset:
+        """Stage-1 training items (a positional dataset may take ``(index, position)`` keys)."""
+        raise NotImplementedError
+
+    def preview_items(self, cfg: DictConfig, train: Dataset) -> Any:
+        """A few held-out items for the reconstruction previews and probes (a tensor, or
+        anything :meth:`write_preview` and :meth:`probe` understand)."""
+        return torch.stack([train[i] for i in range(min(8, len(train)))])
+
+    def uses_perceptual_loss(self, cfg: DictConfig) -> bool:
+        return False
+
+    def start_notice(self, cfg: DictConfig) -> str | None:
+        """One line printed when stage 1 starts (a known limitation of a setting), or None."""
+        return None
+
+    def write_preview(self, ae: nn.Module, preview: Any, path: Path) -> list[Path]:
+        """A picture of the reconstructions of ``preview`` (stage-1 periodic samples)."""
+        return []
+
+    def probe(self, ae: nn.Module, preview: Any) -> dict[str, float]:
+        """Cheap held-out metrics of the reconstructions of ``preview`` (seconds on a CPU)."""
+        return {}
+
+    # --- stage 2 --------------------------------------------------------------------------
+    def encoder_dataset(self, cfg: DictConfig) -> Dataset:
+        """The items whose latents stage 2 learns (one fixed draw per item at index ``i``)."""
+        raise NotImplementedError
+
+    def write_latent_preview(self, ae: nn.Module, z: torch.Tensor, path: Path) -> list[Path]:
+        """A picture of generated latents ``z`` (stage-2 periodic samples)."""
+        return []
+
+    # --- commands -------------------------------------------------------------------------
+    def add_sample_options(self, parser: argparse.ArgumentParser) -> None:
+        """Options of ``ddmi sample`` that only this domain reads."""
+
+    def sample_targets(self, args: argparse.Namespace, ae: nn.Module) -> list[Path]:
+        """Every file :meth:`write_samples` would write (checked before any compute)."""
+        return []
+
+    def write_samples(self, args: argparse.Namespace, ae: nn.Module, z: torch.Tensor, log: Log) -> str:
+        """Write ``ddmi sample``'s files for latents ``z``; returns a one-line summary."""
+        raise NotImplementedError
+
+    def reconstruct(self, args: argparse.Namespace, ae: nn.Module, log: Log) -> int:
+        """``ddmi reconstruct``: encode ``args.inputs`` and write what they decode to."""
+        raise NotImplementedError(f"reconstruct is not available for the {self.name} domain")
+
+    def evaluate_run(self, run_dir: Path, cfg: DictConfig, stage: str, ae: nn.Module, generate: Generate, *,
+                     metrics: list[str], options: dict, log: Log) -> dict[str, Any]:
+        """Figures of ``metrics`` for a run folder (``generate`` samples latents of LDM runs)."""
+        raise NotImplementedError(f"`ddmi eval` of {self.name} run folders is not available")
+
+    def synthesize(self, out: Path, args: argparse.Namespace) -> list[Path]:
+        """``ddmi synth NAME OUT``: a synthetic dataset this domain trains on."""
+        raise NotImplementedError(f"no synthetic data for the {self.name} domain")
+
+
+def unet_arguments(cfg: DictConfig, latent_shape: tuple[int, ...]) -> dict:
+    """Constructor arguments of the ADM UNet of ``cfg.ldm.unet`` for latents ``latent_shape``."""
+    u = cfg.ldm.unet
+    c = latent_shape[0]
+    return dict(in_channels=c, out_channels=c, model_channels=u.model_channels,
+                channel_mult=tuple(u.channel_mult), num_res_blocks=u.num_res_blocks,
+                attention_resolutions=tuple(u.attention_resolutions),
+                num_head_channels=u.num_head_channels, dropout=u.dropout,
+                norm_groups=min(32, u.model_channels))
