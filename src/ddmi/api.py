@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from . import checkpoint as ckpt
-from .devices import resolve_device
-from .errors import CheckpointError
-from .models import build_autoencoder
+from ddmi import checkpoint as ckpt
+from ddmi.devices import resolve_device
+from ddmi.errors import CheckpointError
+from ddmi.models import build_autoencoder
 
 
 def _vae_folder(run_dir: Path) -> Path:

@@ -29,9 +29,9 @@ from omegaconf import DictConfig
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .config import load_config, to_yaml
-from .errors import CheckpointError, ConfigError
+from ddmi import __version__
+from ddmi.config import load_config, to_yaml
+from ddmi.errors import CheckpointError, ConfigError
 
 CKPT_DIR = "checkpoints"
 MARKER = "COMPLETE"

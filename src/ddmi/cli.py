@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, DDMIError
+from ddmi.errors import ConfigError, DDMIError
 
 # ------------------------------------------------------------------------------------------
 # helpers
@@ -29,7 +29,7 @@ def _torch_threads() -> None:
 
 def _check_options(args, *names: str) -> None:
     """Reject non-positive counts/sizes and unknown samplers before any work starts."""
-    from .config import SAMPLER_NAMES
+    from ddmi.config import SAMPLER_NAMES
     for name in names:
         value = getattr(args, name, None)
         values = value if isinstance(value, list) else [value]
@@ -70,7 +70,7 @@ def _prepare_run_dir(cfg, stage: str, run_dir: Path, is_main: bool, *, existing:
     for a broken old one)."""
     from omegaconf import OmegaConf
 
-    from . import checkpoint as ckpt
+    from ddmi import checkpoint as ckpt
     if existing:
         info = ckpt.read_run_info(run_dir)
         if info["stage"] != stage:
@@ -91,7 +91,7 @@ def _device(args):
     """``--device`` checked before any work starts (a one-line error for a bad name, an absent
     GPU, or ``meta``); ``None`` when not given (then: the launcher's device under ``accelerate
     launch``, else ``cuda`` when available, else ``cpu``)."""
-    from .devices import resolve_device
+    from ddmi.devices import resolve_device
     name = getattr(args, "device", None)
     return None if name is None else resolve_device(name, allow_meta=False)
 
@@ -111,8 +111,8 @@ def _accelerator(tc, *, unused_parameters: bool = False):
 
 
 def cmd_info(args) -> int:
-    from .config import list_presets, load_config, to_yaml
-    from .models import parameter_counts
+    from ddmi.config import list_presets, load_config, to_yaml
+    from ddmi.models import parameter_counts
     if args.list or not args.config:
         for name in list_presets():
             print(name)
@@ -126,7 +126,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from .data import synthetic
+    from ddmi.data import synthetic
     if args.kind == "image":
         paths = synthetic.synth_images(args.out_dir, num=args.num, resolution=args.resolution,
                                        seed=args.seed, overwrite=args.overwrite, split_test=args.test,
@@ -136,12 +136,12 @@ def cmd_synth(args) -> int:
         paths = synthetic.synth_shapes(args.out_dir, num=args.num, seed=args.seed, overwrite=args.overwrite,
                                        split_test=args.test, num_points=points, num_surface=points)
     elif args.kind == "nerf":
-        from .data.synthetic_nerf import synth_nerf
+        from ddmi.data.synthetic_nerf import synth_nerf
         paths = synth_nerf(args.out_dir, num=args.num, seed=args.seed, overwrite=args.overwrite,
                            split_test=args.test, resolution=args.resolution, views=args.views,
                            num_points=2048 if args.points is None else args.points)
     elif args.kind == "video":
-        from .data.synthetic_videos import synth_videos
+        from ddmi.data.synthetic_videos import synth_videos
         paths = synth_videos(args.out_dir, num=args.num, frames=args.frames, resolution=args.resolution,
                              seed=args.seed, overwrite=args.overwrite, split_val=args.test or None)
     else:  # pragma: no cover - argparse restricts the choices
@@ -153,10 +153,10 @@ def cmd_synth(args) -> int:
 def cmd_train(args) -> int:
     import torch
 
-    from .config import load_config, parse_overrides
+    from ddmi.config import load_config, parse_overrides
     _torch_threads()
     if args.stage == "ldm":
-        from .stage2 import ldm_overrides
+        from ddmi.stage2 import ldm_overrides
         overrides = ldm_overrides(args.overrides)
     else:
         overrides = parse_overrides(args.overrides)
@@ -164,7 +164,7 @@ def cmd_train(args) -> int:
     stage_key = "train" if args.stage == "vae" else "ldm_train"
     run_dir = Path(cfg.run_dir or f"runs/{cfg.name}-{args.stage}")
     if args.stage == "ldm":
-        from .stage2 import check_vae_destination, stage2_config
+        from ddmi.stage2 import check_vae_destination, stage2_config
         check_vae_destination(run_dir)
         vae_dir = run_dir / "vae" if (run_dir / "vae" / "config.yaml").is_file() else None
         if vae_dir is None and cfg.vae_run is None:
@@ -178,12 +178,12 @@ def cmd_train(args) -> int:
     acc.wait_for_everyone()
     torch.manual_seed(cfg.seed)
     if args.stage == "vae":
-        from .stage1 import make_vae_task
+        from ddmi.stage1 import make_vae_task
         task = make_vae_task(cfg, log=_log if acc.is_main_process else (lambda m: None))
     else:
-        from .stage2 import LDMTask
+        from ddmi.stage2 import LDMTask
         task = LDMTask(cfg, run_dir, accelerator=acc, log=_log)
-    from .train import train
+    from ddmi.train import train
     precision = cfg[stage_key].mixed_precision
     if acc.device.type != "cuda" and precision != "no":
         if acc.is_main_process:
@@ -201,22 +201,22 @@ def cmd_train(args) -> int:
 def cmd_reconstruct(args) -> int:
     import torch
 
-    from .api import load_autoencoder
-    from .data.images import load_image, save_grid, save_image
-    from .domains.image import resize
-    from .devices import default_device
+    from ddmi.api import load_autoencoder
+    from ddmi.data.images import load_image, save_grid, save_image
+    from ddmi.domains.image import resize
+    from ddmi.devices import default_device
     _check_options(args, "resolution", "views")
     device = _device(args) or default_device()
     _torch_threads()
     ae = load_autoencoder(args.run_dir, device=device)
     if ae.domain == "occupancy":
-        from .domains.occupancy import reconstruct_shapes_command
+        from ddmi.domains.occupancy import reconstruct_shapes_command
         return reconstruct_shapes_command(ae, args, log=_log)
     if ae.domain == "nerf":
-        from .domains.nerf import reconstruct_nerf_command
+        from ddmi.domains.nerf import reconstruct_nerf_command
         return reconstruct_nerf_command(ae, args, log=_log)
     if ae.domain == "video":
-        from .domains.video import reconstruct_videos_command
+        from ddmi.domains.video import reconstruct_videos_command
         _check_options(args, "frames")
         return reconstruct_videos_command(ae, args, log=_log)
     if ae.domain != "image":
@@ -242,7 +242,7 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .stage2 import sample_command
+    from ddmi.stage2 import sample_command
     _check_options(args, "num", "resolution", "steps", "batch_size", "frames")
     args.device = _device(args)
     _torch_threads()
@@ -250,7 +250,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import eval_command
+    from ddmi.evaluate import eval_command
     _check_options(args, "num", "resolution", "steps", "batch_size")
     args.device = _device(args)
     _torch_threads()
@@ -258,7 +258,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from ddmi.demo import run_demo
     _torch_threads()
     return run_demo(Path(args.out), quick=args.quick, log=_log)
 

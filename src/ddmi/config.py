@@ -19,7 +19,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ConfigError
+from ddmi.errors import ConfigError
 
 DOMAINS = ("image", "occupancy", "nerf", "video")
 GAN_DOMAINS = ("image", "video")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import DDMIError
+from ddmi.errors import DDMIError
 
 #: Steps, LDM batch size and number of training images for the full and the quick demo, sized
 #: to finish in about 8 minutes here. The LDM trains at batch 32 (the preset: 64): in the same
@@ -21,7 +21,7 @@ QUICK = {"vae_steps": 6, "ldm_steps": 6, "ldm_batch": 8, "images": 64}
 
 
 def _run(argv: list[str]) -> None:
-    from .cli import main
+    from ddmi.cli import main
     status = main(argv)
     if status != 0:
         raise DDMIError(f"demo step `ddmi {' '.join(argv)}` failed (exit status {status})")

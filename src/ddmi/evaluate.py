@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt
-from .devices import Shard, resolve_device
-from .domains.image import resize
-from .metrics.fid import to_uint8
-from .errors import ConfigError, DataError
+from ddmi import checkpoint as ckpt
+from ddmi.devices import Shard, resolve_device
+from ddmi.domains.image import resize
+from ddmi.metrics.fid import to_uint8
+from ddmi.errors import ConfigError, DataError
 
 RUN_METRICS = {"image": ("fid", "kid", "rfid", "psnr", "ssim"),
                "occupancy": ("mmd-cd", "cov-cd", "1nna-cd", "iou"),
@@ -69,8 +69,8 @@ def _images_uint8(dataset, *, num: int | None, resolution: int, seed: int, batch
 
 def _reference_features(cfg, folder: str, resolution: int, num, seed, extractor, cache_dir: Path, log):
     """Inception features of ``folder``'s images at ``resolution``; cached in the run folder."""
-    from .data.images import ImageFolderDataset
-    from .metrics.fid import features_from_batches
+    from ddmi.data.images import ImageFolderDataset
+    from ddmi.metrics.fid import features_from_batches
     ds = ImageFolderDataset(folder, resolution=resolution, skip_bad=cfg.data.skip_bad)
     sig = f"{Path(folder).resolve()}|{len(ds)}|{resolution}|{num}|{seed}"
     key = hashlib.sha256(sig.encode()).hexdigest()[:16]  # the file also stores the signature
@@ -95,9 +95,9 @@ def generate_batches(run_dir: Path, ae, cfg, *, num: int, sampler: str | None, s
     ``ddmi sample --seed``), on the autoencoder's device: ``(batches, sampler, steps)``, where
     ``batches`` yields ``(start, z)`` one batch at a time (every batch without a ``shard``, else
     batches ``rank, rank + W, ...``; see :class:`ddmi.devices.Shard`)."""
-    from .devices import model_device
-    from .ldm import load_diffusion
-    from .stage2 import latent_batches, noise_for, resolve_sampler
+    from ddmi.devices import model_device
+    from ddmi.ldm import load_diffusion
+    from ddmi.stage2 import latent_batches, noise_for, resolve_sampler
     sampler, steps = resolve_sampler(cfg, sampler, steps)
     diffusion = load_diffusion(run_dir, ae.latent_shape, ema=True, device=model_device(ae))
     noises = torch.stack([noise_for(seed, i, ae.latent_shape) for i in range(num)])   # CPU, then moved
@@ -128,11 +128,11 @@ def evaluate_run(run_dir: Path, *, metrics, num: int | None, resolution: int | N
     when available, else ``cpu``). Under ``accelerate launch`` (or with a ``shard``) the samples
     of the generation metrics are drawn, rendered and featurised in shares by every process, and
     the main process computes the figures: only its result is complete."""
-    from .api import load_autoencoder
-    from .data.images import ImageFolderDataset, save_image
-    from .metrics.fid import features_from_batches, fid_from_features
-    from .metrics.frechet import kid
-    from .metrics.image_quality import psnr, ssim
+    from ddmi.api import load_autoencoder
+    from ddmi.data.images import ImageFolderDataset, save_image
+    from ddmi.metrics.fid import features_from_batches, fid_from_features
+    from ddmi.metrics.frechet import kid
+    from ddmi.metrics.image_quality import psnr, ssim
 
     info = ckpt.read_run_info(run_dir)
     cfg = ckpt.load_run_config(run_dir)
@@ -153,10 +153,10 @@ def evaluate_run(run_dir: Path, *, metrics, num: int | None, resolution: int | N
     if cfg.domain == "occupancy":
         return evaluate_shapes_run(run_dir, cfg, resolution=resolution, **kw)
     if cfg.domain == "video":
-        from .domains.video import evaluate_video_run
+        from ddmi.domains.video import evaluate_video_run
         return evaluate_video_run(run_dir, cfg, i3d=i3d, **kw)
     if cfg.domain == "nerf":
-        from .domains.nerf import evaluate_nerf_run
+        from ddmi.domains.nerf import evaluate_nerf_run
         return evaluate_nerf_run(run_dir, cfg, resolution=resolution, **kw)
     ae = load_autoencoder(run_dir, device=shard.device)
     res = resolution or ae.resolution
@@ -164,7 +164,7 @@ def evaluate_run(run_dir: Path, *, metrics, num: int | None, resolution: int | N
     results: dict = {"run": str(run_dir), "resolution": res}
     extractor = None
     if {"fid", "kid", "rfid"} & set(metrics):
-        from .metrics.inception import InceptionFeatures
+        from ddmi.metrics.inception import InceptionFeatures
         extractor = InceptionFeatures(batch_size=50, device=shard.device)
 
     if {"fid", "kid"} & set(metrics):
@@ -226,10 +226,10 @@ def evaluate_shapes_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler
 
     On ``device`` / ``shard`` as :func:`evaluate_run`: the meshes of the generated samples are
     extracted in shares, the rest runs on the main process."""
-    from .api import load_autoencoder
-    from .data.shapes import ShapesDataset, find_models
-    from .domains.occupancy import extract_meshes, mesh_point_clouds, shape_metrics
-    from .occupancy_model import occupancy_iou
+    from ddmi.api import load_autoencoder
+    from ddmi.data.shapes import ShapesDataset, find_models
+    from ddmi.domains.occupancy import extract_meshes, mesh_point_clouds, shape_metrics
+    from ddmi.occupancy_model import occupancy_iou
 
     shard = shard or Shard(device)
     ae = load_autoencoder(run_dir, device=shard.device)
@@ -287,7 +287,7 @@ def evaluate_shapes_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler
 
 
 def _folder_kind(folder: Path) -> str:
-    from .data.images import list_images
+    from ddmi.data.images import list_images
     if any(p.suffix.lower() in (".npy", ".npz") for p in folder.rglob("*")):
         return "points"
     list_images(folder)  # raises a clear DataError when there is nothing to measure
@@ -325,7 +325,7 @@ def eval_command(args, log=print) -> int:
             return 0
         if args.ref is None:
             raise ConfigError(f"{path} is not a run folder: pass --ref DIR (the reference files) to measure it")
-        from .metrics.api import evaluate_folders
+        from ddmi.metrics.api import evaluate_folders
         if metrics is None:
             metrics = ["mmd-cd", "cov-cd", "1nna-cd"] if _folder_kind(path) == "points" else ["fid", "kid"]
         results = {"path": str(path), "ref": str(args.ref)}

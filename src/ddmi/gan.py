@@ -33,11 +33,11 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.func import functional_call
 
-from . import checkpoint as ckpt
-from .errors import CheckpointError, ConfigError
-from .losses.adversarial import feature_matching_loss, generator_loss, hinge_d_loss
-from .nn.discriminator import PatchDiscriminator, VideoDiscriminator
-from .stage1 import VAETask, VideoVAETask
+from ddmi import checkpoint as ckpt
+from ddmi.errors import CheckpointError, ConfigError
+from ddmi.losses.adversarial import feature_matching_loss, generator_loss, hinge_d_loss
+from ddmi.nn.discriminator import PatchDiscriminator, VideoDiscriminator
+from ddmi.stage1 import VAETask, VideoVAETask
 
 
 def with_scale_channel(images: torch.Tensor, si: torch.Tensor) -> torch.Tensor:

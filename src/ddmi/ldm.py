@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from . import checkpoint as ckpt
-from .devices import resolve_device
-from .diffusion import LatentDiffusion
-from .errors import CheckpointError
-from .nn.unet import UNet
+from ddmi import checkpoint as ckpt
+from ddmi.devices import resolve_device
+from ddmi.diffusion import LatentDiffusion
+from ddmi.errors import CheckpointError
+from ddmi.nn.unet import UNet
 
 
 def build_denoiser(cfg: DictConfig, latent_shape: tuple[int, ...]) -> UNet:
@@ -23,8 +23,8 @@ def build_denoiser(cfg: DictConfig, latent_shape: tuple[int, ...]) -> UNet:
               num_head_channels=u.num_head_channels, dropout=u.dropout,
               norm_groups=min(32, u.model_channels))
     if cfg.domain == "video":   # (B, C, N) tokens of three planes: the tri-plane UNet
-        from .nn.triplane_unet import TriplaneUNet
-        from .video_model import video_spec
+        from ddmi.nn.triplane_unet import TriplaneUNet
+        from ddmi.video_model import video_spec
         return TriplaneUNet(plane_shapes=video_spec(cfg).plane_shapes(), cross_heads=cfg.video.unet_cross_heads, **kw)
     return UNet(**kw)
 

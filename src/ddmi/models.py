@@ -10,10 +10,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from .domains import image as image_domain
-from .fields import Field, ImageMLP, ImageMLPSpec
-from .nn.spectral import SpectralRegularizer
-from .vae import ConvVAE, ConvVAESpec, DiagonalGaussian
+from ddmi.domains import image as image_domain
+from ddmi.fields import Field, ImageMLP, ImageMLPSpec
+from ddmi.nn.spectral import SpectralRegularizer
+from ddmi.vae import ConvVAE, ConvVAESpec, DiagonalGaussian
 
 
 def vae_spec(cfg: DictConfig) -> ConvVAESpec:
@@ -133,18 +133,18 @@ class ImageAutoencoder(nn.Module):
 
 
 def _occupancy(cfg: DictConfig) -> nn.Module:
-    from .occupancy_model import OccupancyAutoencoder
+    from ddmi.occupancy_model import OccupancyAutoencoder
     return OccupancyAutoencoder(cfg)
 
 
 def _nerf(cfg: DictConfig) -> nn.Module:
-    from .nerf_model import NeRFAutoencoder
+    from ddmi.nerf_model import NeRFAutoencoder
     return NeRFAutoencoder(cfg)
 
 
 
 def _video(cfg: DictConfig) -> nn.Module:
-    from .video_model import VideoAutoencoder
+    from ddmi.video_model import VideoAutoencoder
     return VideoAutoencoder(cfg)
 
 
@@ -167,9 +167,9 @@ def parameter_counts(cfg: DictConfig, *, include_ldm: bool = True) -> dict[str, 
         counts = {name: count_parameters(m) for name, m in ae.components().items()}
         counts["vae_total"] = count_parameters(ae.vae)
         if cfg.gan.enabled:
-            from .gan import build_discriminator
+            from ddmi.gan import build_discriminator
             counts["discriminator"] = count_parameters(build_discriminator(cfg))
         if include_ldm:
-            from .ldm import build_denoiser
+            from ddmi.ldm import build_denoiser
             counts["denoiser"] = count_parameters(build_denoiser(cfg, ae.latent_shape))
     return counts

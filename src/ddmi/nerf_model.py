@@ -26,15 +26,15 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from .data.srn import split_nerf_item
-from .fields import Field
-from .nn.pointnet import LocalPoolPointNet
-from .nn.spectral import SpectralRegularizer
-from .occupancy_model import triplane_spec
-from .render.volume import SRN_FOV, render_rays
-from .triplane import sample_triplane, triplane_grid
-from .vae import DiagonalGaussian
-from .vae_triplane import TriplaneVAE
+from ddmi.data.srn import split_nerf_item
+from ddmi.fields import Field
+from ddmi.nn.pointnet import LocalPoolPointNet
+from ddmi.nn.spectral import SpectralRegularizer
+from ddmi.occupancy_model import triplane_spec
+from ddmi.render.volume import SRN_FOV, render_rays
+from ddmi.triplane import sample_triplane, triplane_grid
+from ddmi.vae import DiagonalGaussian
+from ddmi.vae_triplane import TriplaneVAE
 
 
 def positional_encoding(x: torch.Tensor, num_freqs: int) -> torch.Tensor:

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from .data.shapes import split_item
-from .fields import Field
-from .nn.pointnet import LocalPoolPointNet
-from .nn.spectral import SpectralRegularizer
-from .triplane import half_extent, normalize_points
-from .vae import DiagonalGaussian
-from .vae_triplane import OccupancyMLP, TriplaneVAE, TriplaneVAESpec
+from ddmi.data.shapes import split_item
+from ddmi.fields import Field
+from ddmi.nn.pointnet import LocalPoolPointNet
+from ddmi.nn.spectral import SpectralRegularizer
+from ddmi.triplane import half_extent, normalize_points
+from ddmi.vae import DiagonalGaussian
+from ddmi.vae_triplane import OccupancyMLP, TriplaneVAE, TriplaneVAESpec
 
 
 def triplane_spec(cfg: DictConfig) -> TriplaneVAESpec:

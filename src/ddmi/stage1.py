@@ -9,11 +9,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from . import checkpoint as ckpt
-from .data.images import ImageFolderDataset, save_grid
-from .errors import ConfigError, DataError
-from .models import build_autoencoder
-from .train import Task
+from ddmi import checkpoint as ckpt
+from ddmi.data.images import ImageFolderDataset, save_grid
+from ddmi.errors import ConfigError, DataError
+from ddmi.models import build_autoencoder
+from ddmi.train import Task
 
 
 def kl_weight(cfg: DictConfig, step: int) -> float:
@@ -55,7 +55,7 @@ class _Forward(nn.Module):
 def load_perceptual(cfg: DictConfig, log=print) -> nn.Module | None:
     """The LPIPS network from local files (``loss.lpips_weights`` [+ ``loss.lpips_backbone``]), or
     ``None`` with one line saying how to enable it."""
-    from .losses.lpips import load_lpips
+    from ddmi.losses.lpips import load_lpips
     if cfg.loss.lpips_weights is None and cfg.loss.lpips_backbone is None:
         log("LPIPS perceptual loss off (set loss.lpips_weights=PATH to a local LPIPS weights file to enable)")
         return None
@@ -116,8 +116,8 @@ class VAETask(Task):
 
     def evaluate(self) -> dict[str, float]:
         """``psnr``: reconstructions (posterior mean) of the preview images at R, in dB."""
-        from .domains.image import resize
-        from .metrics.image_quality import psnr
+        from ddmi.domains.image import resize
+        from ddmi.metrics.image_quality import psnr
         ae = self.autoencoder
         x = resize(self.preview.to(next(ae.parameters()).device), self.cfg.data.resolution)
         rec = ae.render(ae.encode(x).mode(), self.cfg.data.resolution).clamp(-1, 1)
@@ -128,7 +128,7 @@ class OccupancyVAETask(VAETask):
     """Stage 1 of the occupancy domain: ONet-layout shapes (``data.dir``), BCE + KL + SN."""
 
     def __init__(self, cfg: DictConfig, *, log=print):
-        from .data.shapes import ShapesDataset
+        from ddmi.data.shapes import ShapesDataset
         if cfg.data.dir is None:
             raise ConfigError("no training data: set data.dir=FOLDER (ONet layout; see `ddmi synth shapes`)")
         self.cfg = cfg
@@ -147,9 +147,9 @@ class OccupancyVAETask(VAETask):
 
     def write_samples(self, step: int, folder: Path) -> list[Path]:
         """Meshes (32^3) of the reconstructions of up to 8 preview shapes, one view each."""
-        from .data.shapes import split_item
-        from .domains.occupancy import extract_meshes, preview_sheet
-        from .render.mesh import write_png
+        from ddmi.data.shapes import split_item
+        from ddmi.domains.occupancy import extract_meshes, preview_sheet
+        from ddmi.render.mesh import write_png
         ae = self.autoencoder
         device = next(ae.parameters()).device
         points = split_item(self.preview.to(device), ae.num_points)[0]
@@ -160,8 +160,8 @@ class OccupancyVAETask(VAETask):
 
     def evaluate(self) -> dict[str, float]:
         """``iou``: occupancy IoU of the preview shapes' reconstructions at their query points."""
-        from .data.shapes import split_item
-        from .occupancy_model import occupancy_iou
+        from ddmi.data.shapes import split_item
+        from ddmi.occupancy_model import occupancy_iou
         ae = self.autoencoder
         points, queries, occ = split_item(self.preview.to(next(ae.parameters()).device), ae.num_points)
         logits = ae.decode(ae.encode(points).mode()).query(ae.normalize(queries))[..., 0]
@@ -173,7 +173,7 @@ class VideoVAETask(VAETask):
     ``data.dir`` (frame folders or video files), L1 + KL + SN (+ LPIPS on one frame per clip)."""
 
     def __init__(self, cfg: DictConfig, *, log=print):
-        from .data.videos import VideoFolderDataset
+        from ddmi.data.videos import VideoFolderDataset
         if cfg.data.dir is None:
             raise ConfigError("no training data: set data.dir=FOLDER (frame folders; see `ddmi synth video`)")
         self.cfg = cfg
@@ -191,7 +191,7 @@ class VideoVAETask(VAETask):
     def write_samples(self, step: int, folder: Path) -> list[Path]:
         """Rows: each preview clip, then its reconstruction at 2x the frame count (every other
         column is an in-between frame) shown at the same size."""
-        from .render.video import contact_sheet
+        from ddmi.render.video import contact_sheet
         ae = self.autoencoder
         device = next(ae.parameters()).device
         x = self.preview.to(device)
@@ -203,7 +203,7 @@ class VideoVAETask(VAETask):
 
     def evaluate(self) -> dict[str, float]:
         """``psnr``: reconstructions (posterior mean) of the preview clips, over all frames, in dB."""
-        from .metrics.image_quality import psnr
+        from ddmi.metrics.image_quality import psnr
         ae = self.autoencoder
         x = self.preview.to(next(ae.parameters()).device)
         rec = ae.render(ae.encode(x).mode(), ae.resolution, ae.frames).clamp(-1, 1)
@@ -216,20 +216,20 @@ def make_vae_task(cfg: DictConfig, *, log=print) -> VAETask:
     if cfg.domain == "occupancy":
         task = OccupancyVAETask(cfg, log=log)
     elif cfg.domain == "nerf":
-        from .domains.nerf import make_nerf_vae_task
+        from ddmi.domains.nerf import make_nerf_vae_task
         task = make_nerf_vae_task(cfg, log=log)
     elif cfg.domain == "video" and cfg.gan.enabled:
-        from .gan import AdversarialVideoVAETask
+        from ddmi.gan import AdversarialVideoVAETask
         task = AdversarialVideoVAETask(cfg, log=log)
     elif cfg.domain == "video":
         task = VideoVAETask(cfg, log=log)
     elif cfg.gan.enabled:
-        from .gan import AdversarialVAETask
+        from ddmi.gan import AdversarialVAETask
         task = AdversarialVAETask(cfg, log=log)
     else:
         task = VAETask(cfg, log=log)
     if cfg.init is not None:
-        from .gan import load_init_weights
+        from ddmi.gan import load_init_weights
         name = load_init_weights(task.autoencoder, cfg, Path(cfg.init))
         log(f"initialised the VAE from {cfg.init} ({name}); fresh optimiser, lr {cfg.train.lr:g}")
     return task

@@ -15,15 +15,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import checkpoint as ckpt
-from .api import load_autoencoder
-from .config import load_config
-from .data.images import ImageFolderDataset, save_grid, save_image
-from .diffusion import sample as diffusion_sample
-from .ema import EMA
-from .errors import ConfigError, DDMIError
-from .ldm import build_diffusion, load_diffusion, slerp
-from .train import Task
+from ddmi import checkpoint as ckpt
+from ddmi.api import load_autoencoder
+from ddmi.config import load_config
+from ddmi.data.images import ImageFolderDataset, save_grid, save_image
+from ddmi.diffusion import sample as diffusion_sample
+from ddmi.ema import EMA
+from ddmi.errors import ConfigError, DDMIError
+from ddmi.ldm import build_diffusion, load_diffusion, slerp
+from ddmi.train import Task
 
 STAGE2_SECTIONS = ("ldm", "ldm_train", "seed", "name", "run_dir")
 
@@ -31,7 +31,7 @@ STAGE2_SECTIONS = ("ldm", "ldm_train", "seed", "name", "run_dir")
 def ldm_overrides(overrides: list[str]) -> dict:
     """Command-line overrides of ``ddmi train ldm``: ``vae=DIR`` names the VAE run, and
     ``train.*`` means the LDM's training section (``ldm_train.*``)."""
-    from .config import parse_overrides
+    from ddmi.config import parse_overrides
     items = [f"vae_run={o[4:]}" if o.startswith("vae=") else o for o in overrides]
     out = parse_overrides(items)
     if "train" in out:
@@ -318,16 +318,16 @@ class LDMTask(Task):
                              steps=self.cfg.ldm.sample_steps, noise=self.fixed_noise)
         path = folder / f"samples-step{step:07d}.png"
         if self.ae.domain == "video":
-            from .render.video import contact_sheet
+            from ddmi.render.video import contact_sheet
             return [contact_sheet(self.ae.render(z[:8]).cpu(), path)]
         if self.ae.domain == "occupancy":
-            from .domains.occupancy import extract_meshes, preview_sheet
-            from .render.mesh import write_png
+            from ddmi.domains.occupancy import extract_meshes, preview_sheet
+            from ddmi.render.mesh import write_png
             meshes = extract_meshes(self.ae.decode(z[:8]), 32, threshold=self.ae.threshold,
                                     half_extent=self.ae.half_extent)
             return [write_png(path, preview_sheet(meshes, half_extent=self.ae.half_extent))]
         if self.ae.domain == "nerf":
-            from .domains.nerf import ldm_sample_sheet
+            from ddmi.domains.nerf import ldm_sample_sheet
             return [ldm_sample_sheet(self.ae, z, path)]
         r = self.ae.resolution
         save_grid(self.ae.render(z, 2 * r).cpu(), path, nrow=8)
@@ -351,15 +351,15 @@ def encoder_dataset(cfg: DictConfig) -> Dataset:
     """The training items whose latents stage 2 learns (the domain's stage-1 dataset, one fixed
     draw per item)."""
     if cfg.domain == "occupancy":
-        from .data.shapes import ShapesDataset
+        from ddmi.data.shapes import ShapesDataset
         sc = cfg.shapes
         return ShapesDataset(cfg.data.dir, split="train", classes=None if sc.classes is None else list(sc.classes),
                              num_points=sc.num_points, point_noise=sc.point_noise, num_queries=1, seed=cfg.seed)
     if cfg.domain == "nerf":
-        from .domains.nerf import nerf_dataset
+        from ddmi.domains.nerf import nerf_dataset
         return nerf_dataset(cfg, "train", num_rays=0)
     if cfg.domain == "video":
-        from .data.videos import VideoFolderDataset
+        from ddmi.data.videos import VideoFolderDataset
         return VideoFolderDataset(cfg.data.dir, split="train", frames=cfg.video.frames,
                                   resolution=cfg.data.resolution, seed=cfg.seed, skip_bad=cfg.data.skip_bad)
     return ImageFolderDataset(cfg.data.dir, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
@@ -473,7 +473,7 @@ def sample_command(args, log=print) -> int:
     """``ddmi sample``: on ``args.device`` (see :mod:`ddmi.devices`); under ``accelerate launch``
     each process draws its share of the batches and writes their files, the main process the
     grids."""
-    from .devices import Shard
+    from ddmi.devices import Shard
     run_dir = Path(args.run_dir)
     info = ckpt.read_run_info(run_dir)
     if info["stage"] != "ldm":
@@ -486,13 +486,13 @@ def sample_command(args, log=print) -> int:
     ae = load_autoencoder(run_dir, device=shard.device)
     diffusion = load_diffusion(run_dir, ae.latent_shape, ema=not args.no_ema, device=shard.device)
     if ae.domain == "occupancy":
-        from .domains.occupancy import sample_shapes_command
+        from ddmi.domains.occupancy import sample_shapes_command
         return sample_shapes_command(args, ae, diffusion, cfg, log=log, shard=shard)
     if ae.domain == "nerf":
-        from .domains.nerf import sample_nerf_command
+        from ddmi.domains.nerf import sample_nerf_command
         return sample_nerf_command(args, ae, diffusion, cfg, log=log, shard=shard)
     if ae.domain == "video":
-        from .domains.video import sample_videos_command
+        from ddmi.domains.video import sample_videos_command
         return sample_videos_command(args, ae, diffusion, cfg, log=log, shard=shard)
     sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     resolutions = args.resolution or [ae.resolution]

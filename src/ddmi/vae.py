@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
+from ddmi.nn.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
 
 
 class DiagonalGaussian:

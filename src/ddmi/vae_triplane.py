@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
-from .nn.pointnet import ResnetBlockFC
-from .triplane import fold, sample_triplane, triplane_grid, unfold
-from .vae import ConvVAE, ConvVAESpec
+from ddmi.nn.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
+from ddmi.nn.pointnet import ResnetBlockFC
+from ddmi.triplane import fold, sample_triplane, triplane_grid, unfold
+from ddmi.vae import ConvVAE, ConvVAESpec
 
 
 @dataclass

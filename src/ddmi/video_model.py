@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from .fields import Field, sample_plane
-from .nn.blocks import AttnBlock, ResnetBlock, group_norm
-from .nn.pointnet import ResnetBlockFC
-from .nn.spectral import SpectralRegularizer
-from .nn.timesformer import AxisCollapser, TimeSformer
-from .vae import ConvVAE, DiagonalGaussian
+from ddmi.fields import Field, sample_plane
+from ddmi.nn.blocks import AttnBlock, ResnetBlock, group_norm
+from ddmi.nn.pointnet import ResnetBlockFC
+from ddmi.nn.spectral import SpectralRegularizer
+from ddmi.nn.timesformer import AxisCollapser, TimeSformer
+from ddmi.vae import ConvVAE, DiagonalGaussian
 
 PLANES = ("xy", "xt", "yt")
 
@@ -288,7 +288,7 @@ class VideoMLP(nn.Module):
 
 def clip_coords(frames: int, height: int, width: int | None = None, *, device=None) -> torch.Tensor:
     """Pixel-centre coordinates of a clip, ``(T*H*W, 3)`` = (x, y, t), t-major then y then x."""
-    from .fields import pixel_centers
+    from ddmi.fields import pixel_centers
     width = height if width is None else width
     t, y, x = torch.meshgrid(pixel_centers(frames, device=device), pixel_centers(height, device=device),
                              pixel_centers(width, device=device), indexing="ij")

@@ -34,9 +34,9 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
-from ..errors import DataError
-from .cache import DEFAULT_BYTES, BoundedCache
-from .npz import load_npz
+from ddmi.errors import DataError
+from ddmi.data.cache import DEFAULT_BYTES, BoundedCache
+from ddmi.data.npz import load_npz
 
 PathLike = Union[str, os.PathLike]
 SPLITS = ("train", "val", "test")

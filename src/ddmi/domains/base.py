@@ -59,7 +59,7 @@ class Domain:
 
     def build_denoiser(self, cfg: DictConfig, latent_shape: tuple[int, ...]) -> nn.Module:
         """The stage-2 denoiser of latents ``latent_shape``: an ADM UNet over the latent grid."""
-        from ..nn.unet import UNet
+        from ddmi.nn.unet import UNet
         return UNet(**unet_arguments(cfg, latent_shape))
 
     def build_discriminator(self, cfg: DictConfig) -> nn.Module:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..fields import Field, image_grid, pixel_centers
+from ddmi.fields import Field, image_grid, pixel_centers
 
 MULTISCALE_CHOICES = ((1.0, 0.3), (1.5, 0.3), (2.0, 0.4))  # (zoom factor, probability)
 

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ..errors import ConfigError, DataError, DDMIError
-from ..render.volume import SRN_FOV, focal_from_fov, render_views, turntable_poses
-from ..stage1 import VAETask, _Forward
+from ddmi.errors import ConfigError, DataError, DDMIError
+from ddmi.render.volume import SRN_FOV, focal_from_fov, render_views, turntable_poses
+from ddmi.stage1 import VAETask, _Forward
 
 
 def render_latents(ae, z: torch.Tensor, poses: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -47,7 +47,7 @@ def write_gif(path: Path, frames: np.ndarray, *, duration_ms: int = 80) -> Path:
     """An endlessly looping animated GIF of ``frames (N, H, W, 3)`` uint8, written atomically."""
     from PIL import Image
 
-    from ..checkpoint import atomic_write_bytes
+    from ddmi.checkpoint import atomic_write_bytes
     imgs = [Image.fromarray(f) for f in frames]
     buf = io.BytesIO()
     imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=duration_ms, loop=0)
@@ -58,7 +58,7 @@ def write_gif(path: Path, frames: np.ndarray, *, duration_ms: int = 80) -> Path:
 
 def sheet(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
     """Rows of ``(N, H, W, 3)`` uint8 tiles -> one white-padded contact sheet."""
-    from ..render.mesh import contact_sheet
+    from ddmi.render.mesh import contact_sheet
     ncol = max(len(r) for r in rows)
     tiles = []
     for r in rows:
@@ -67,7 +67,7 @@ def sheet(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
 
 
 def nerf_dataset(cfg: DictConfig, split: str = "train", *, num_rays: int | None = None, root=None):
-    from ..data.srn import NeRFDataset
+    from ddmi.data.srn import NeRFDataset
     nc = cfg.nerf
     return NeRFDataset(root or cfg.data.dir, split=split, category=nc.category, num_points=nc.num_points,
                        num_rays=nc.num_rays if num_rays is None else num_rays, ray_views=nc.ray_views,
@@ -94,7 +94,7 @@ class NeRFVAETask(VAETask):
     """Stage 1 of the NeRF domain: srn-cars objects (``data.dir``), L1 over rays + KL + SN."""
 
     def __init__(self, cfg: DictConfig, *, log=print):
-        from ..models import build_autoencoder
+        from ddmi.models import build_autoencoder
         if cfg.data.dir is None:
             raise ConfigError("no training data: set data.dir=FOLDER (srn-cars layout; see `ddmi synth nerf`)")
         self.cfg = cfg
@@ -125,7 +125,7 @@ class NeRFVAETask(VAETask):
 
     def write_samples(self, step: int, folder: Path) -> list[Path]:
         """One row per held-out object (up to 4): 3 ground-truth views, then their renderings."""
-        from ..render.mesh import write_png
+        from ddmi.render.mesh import write_png
         rows = []
         for i in range(min(4, len(self.preview_set))):
             pred, gt = self._preview_views(i)
@@ -135,7 +135,7 @@ class NeRFVAETask(VAETask):
 
     def evaluate(self) -> dict[str, float]:
         """``psnr``: the preview renderings of :meth:`write_samples` against the ground truth, in dB."""
-        from ..metrics.image_quality import psnr
+        from ddmi.metrics.image_quality import psnr
         scores = [psnr(*self._preview_views(i), data_range=1.0) for i in range(min(4, len(self.preview_set)))]
         return {"psnr": float(torch.cat(scores).mean())}
 
@@ -146,7 +146,7 @@ def make_nerf_vae_task(cfg: DictConfig, *, log=print) -> NeRFVAETask:
 
 def ldm_sample_sheet(ae, z: torch.Tensor, path: Path) -> Path:
     """Stage-2 periodic samples: 4 turntable views of up to 8 samples, 32 px."""
-    from ..render.mesh import write_png
+    from ddmi.render.mesh import write_png
     imgs = render_latents(ae, z[:8], turntable(ae, 4), 32)
     return write_png(path, sheet([to_uint8(v) for v in imgs]))
 
@@ -159,9 +159,9 @@ def sample_nerf_command(args, ae, diffusion, cfg, log=print, shard=None) -> int:
     """``ddmi sample`` for a NeRF run: per sample and resolution, a turntable of PNG frames and
     an animated GIF, plus one sheet of every sample's turntable per resolution. With a ``shard``
     (:class:`ddmi.devices.Shard`), this process's batches only, and the sheets on the main process."""
-    from ..devices import Shard
-    from ..render.mesh import write_png
-    from ..stage2 import _check_free, latent_batches, sampling_plan
+    from ddmi.devices import Shard
+    from ddmi.render.mesh import write_png
+    from ddmi.stage2 import _check_free, latent_batches, sampling_plan
     shard = shard or Shard(next(diffusion.parameters()).device)
     sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     resolutions = args.resolution or [128]
@@ -203,10 +203,10 @@ def reconstruct_nerf_command(ae, args, log=print) -> int:
     """``ddmi reconstruct`` for a NeRF run: srn-cars ``.npz`` objects -> their encoded point
     clouds -> renders of ``--views`` of their views, with PSNR / SSIM against the images (on the
     autoencoder's device)."""
-    from ..devices import model_device
-    from ..data.srn import read_scene
-    from ..metrics.image_quality import psnr, ssim
-    from ..render.mesh import write_png
+    from ddmi.devices import model_device
+    from ddmi.data.srn import read_scene
+    from ddmi.metrics.image_quality import psnr, ssim
+    from ddmi.render.mesh import write_png
     out = Path(args.out)
     nviews = getattr(args, "views", None) or 8
     results = {}
@@ -244,7 +244,7 @@ def reconstruct_nerf_command(ae, args, log=print) -> int:
     summary = {"objects": results}
     if scored:
         summary["mean_psnr"] = float(np.mean(scored))
-    from ..checkpoint import atomic_write_text
+    from ddmi.checkpoint import atomic_write_text
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "psnr.json", json.dumps(summary, indent=1) + "\n")
     msg = f"mean PSNR {summary['mean_psnr']:.2f} dB" if scored else \
@@ -291,10 +291,10 @@ def evaluate_nerf_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler, 
     """
     from tqdm.auto import tqdm
 
-    from ..api import load_autoencoder
-    from ..devices import Shard
-    from ..evaluate import generate_batches
-    from ..metrics.image_quality import psnr, ssim
+    from ddmi.api import load_autoencoder
+    from ddmi.devices import Shard
+    from ddmi.evaluate import generate_batches
+    from ddmi.metrics.image_quality import psnr, ssim
 
     shard = shard or Shard(device)
     ae = load_autoencoder(run_dir, device=shard.device)
@@ -324,10 +324,10 @@ def evaluate_nerf_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler, 
         results["num_recon"] = n
 
     if {"fid", "kid"} & set(metrics):
-        from ..metrics.fid import features_from_batches, fid_from_features
-        from ..metrics.frechet import kid
-        from ..metrics.inception import InceptionFeatures
-        from ..render.mesh import write_png
+        from ddmi.metrics.fid import features_from_batches, fid_from_features
+        from ddmi.metrics.frechet import kid
+        from ddmi.metrics.inception import InceptionFeatures
+        from ddmi.render.mesh import write_png
         per_object = 4
         res = resolution or 128
         num_gen = num or 100

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
-from ..fields import Field, pixel_centers
-from ..render import mesh as meshio
+from ddmi.errors import ConfigError, DataError
+from ddmi.fields import Field, pixel_centers
+from ddmi.render import mesh as meshio
 
 Mesh = tuple[np.ndarray, np.ndarray]   # (vertices (V, 3) float32 world frame, faces (F, 3) int64)
 
@@ -103,7 +103,7 @@ def mesh_point_clouds(meshes: list[Mesh], num_points: int = 2048, *, seed: int =
 def shape_metrics(generated: torch.Tensor, reference: torch.Tensor, **kw) -> dict[str, float]:
     """MMD-CD, COV-CD and 1-NNA-CD (spec 7) of generated vs reference clouds ``(N, P, 3)``, each
     cloud normalised to the unit sphere first (bounding-box centre, max radius 1)."""
-    from ..metrics.pointcloud import mmd_cov_1nna, normalize_to_unit_sphere
+    from ddmi.metrics.pointcloud import mmd_cov_1nna, normalize_to_unit_sphere
     return mmd_cov_1nna(normalize_to_unit_sphere(generated.float()), normalize_to_unit_sphere(reference.float()), **kw)
 
 
@@ -115,8 +115,8 @@ def sample_shapes_command(args, ae, diffusion, cfg, log=print, shard=None) -> in
     """``ddmi sample`` for a shapes run: meshes (PLY + OBJ) and PNG previews per sample; with a
     ``shard`` (:class:`ddmi.devices.Shard`), this process's batches only, and the grids on the
     main process."""
-    from ..devices import Shard
-    from ..stage2 import _check_free, latent_batches, sampling_plan
+    from ddmi.devices import Shard
+    from ddmi.stage2 import _check_free, latent_batches, sampling_plan
     shard = shard or Shard(next(diffusion.parameters()).device)
     sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     resolutions = args.resolution or [128]
@@ -154,7 +154,7 @@ def load_point_cloud(path: Path) -> np.ndarray:
     path = Path(path)
     try:
         if path.suffix == ".npz":
-            from ..data.shapes import read_pointcloud_npz
+            from ddmi.data.shapes import read_pointcloud_npz
             return read_pointcloud_npz(path)
         if path.suffix == ".npy":
             pts = np.load(path, allow_pickle=False)
@@ -186,7 +186,7 @@ def _unique_stems(paths: list[Path], suffix: str) -> list[str]:
 def reconstruct_shapes_command(ae, args, log=print) -> int:
     """``ddmi reconstruct`` for a shapes run: point clouds -> meshes (+ PNG previews), on the
     autoencoder's device."""
-    from ..devices import model_device
+    from ddmi.devices import model_device
     out = Path(args.out)
     res = args.resolution or 128
     rng = np.random.default_rng(0)
@@ -194,7 +194,7 @@ def reconstruct_shapes_command(ae, args, log=print) -> int:
     if not args.overwrite:
         taken = [out / f"{s}.{e}" for s in stems for e in ("ply", "obj", "png") if (out / f"{s}.{e}").exists()]
         if taken:
-            from ..errors import DDMIError
+            from ddmi.errors import DDMIError
             raise DDMIError(f"{taken[0]} exists (pass --overwrite to replace it)")
     meshes = []
     for path in args.inputs:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..render import video as vio
+from ddmi.render import video as vio
 
 
 def have_mp4() -> bool:
@@ -57,8 +57,8 @@ def _sizes(args, ae) -> list[tuple[int, int]]:
 def sample_videos_command(args, ae, diffusion, cfg, log=print, shard=None) -> int:
     """``ddmi sample`` for a video run (module docstring); with a ``shard``
     (:class:`ddmi.devices.Shard`), this process's batches only, and the sheets on the main process."""
-    from ..devices import Shard
-    from ..stage2 import _check_free, latent_batches, sampling_plan
+    from ddmi.devices import Shard
+    from ddmi.stage2 import _check_free, latent_batches, sampling_plan
     shard = shard or Shard(next(diffusion.parameters()).device)
     sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     out = Path(args.out)
@@ -93,9 +93,9 @@ def reconstruct_videos_command(ae, args, log=print) -> int:
     """``ddmi reconstruct`` for a video run: video files or frame folders -> reconstructed clips
     (the first ``video.frames`` frames of each input) at ``--resolution`` and ``--frames``, on the
     autoencoder's device."""
-    from ..data.videos import load_clip
-    from ..devices import model_device
-    from ..stage2 import _check_free
+    from ddmi.data.videos import load_clip
+    from ddmi.devices import model_device
+    from ddmi.stage2 import _check_free
     out = Path(args.out)
     sizes = _sizes(args, ae)
     stems = []
@@ -129,8 +129,8 @@ def clips_uint8(clips: torch.Tensor) -> torch.Tensor:
 def _clip_set(root, split: str, ae, *, num: int | None, seed: int):
     """A seeded subset (at most ``num``) of one fixed ``ae.frames``-frame window per video of the
     ``split`` folder of ``root`` (``train`` falls back to ``root`` itself): ``(dataset, indices)``."""
-    from ..data.videos import VideoFolderDataset
-    from ..evaluate import seeded_subset
+    from ddmi.data.videos import VideoFolderDataset
+    from ddmi.evaluate import seeded_subset
     ds = VideoFolderDataset(root, split=split, frames=ae.frames, resolution=ae.resolution, seed=seed)
     return ds, [int(i) for i in seeded_subset(len(ds), num, seed)]
 
@@ -154,13 +154,13 @@ def evaluate_video_run(run_dir: Path, cfg, *, metrics, num, sampler, steps, batc
     import numpy as np
     from tqdm.auto import tqdm
 
-    from ..api import load_autoencoder
-    from ..data.videos import split_folder
-    from ..errors import DataError
-    from ..devices import Shard
-    from ..evaluate import generate_batches
-    from ..metrics.fvd import fvd_from_features, i3d_embeddings, load_i3d
-    from ..metrics.image_quality import psnr, ssim
+    from ddmi.api import load_autoencoder
+    from ddmi.data.videos import split_folder
+    from ddmi.errors import DataError
+    from ddmi.devices import Shard
+    from ddmi.evaluate import generate_batches
+    from ddmi.metrics.fvd import fvd_from_features, i3d_embeddings, load_i3d
+    from ddmi.metrics.image_quality import psnr, ssim
 
     shard = shard or Shard(device)
     net = load_i3d(i3d, device=shard.device) if {"fvd", "rfvd"} & set(metrics) else None

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..triplane import cell_index
+from ddmi.triplane import cell_index
 
 
 class ResnetBlockFC(nn.Module):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .unet import UNet, timestep_embedding
+from ddmi.nn.unet import UNet, timestep_embedding
 
 
 class TriplaneUNet(UNet):
@@ -24,7 +24,7 @@ class TriplaneUNet(UNet):
 
     def __init__(self, *, plane_shapes: Sequence[tuple[int, int]], cross_heads: int = 16, **unet_kwargs):
         super().__init__(**unet_kwargs)
-        from ..video_model import CrossPlaneAttention
+        from ddmi.video_model import CrossPlaneAttention
         self.plane_shapes = [tuple(s) for s in plane_shapes]
         factor = 2 ** (len(self.channel_mult) - 1)
         for r, c in self.plane_shapes:
@@ -47,7 +47,7 @@ class TriplaneUNet(UNet):
         self.output_cross = nn.ModuleList([cross(ch) for ch in out_widths])
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        from ..video_model import flatten_planes, split_planes
+        from ddmi.video_model import flatten_planes, split_planes
         assert x.ndim == 3 and x.shape[1] == self.in_channels, (
             f"expected x of shape (B, {self.in_channels}, N), got {tuple(x.shape)}")
         if t.ndim == 0:
