@@ -203,20 +203,20 @@ def cmd_reconstruct(args) -> int:
 
     from ddmi.api import load_autoencoder
     from ddmi.data.images import load_image, save_grid, save_image
-    from ddmi.domains.image import resize
+    from ddmi.domains.image.pixels import resize
     from ddmi.devices import default_device
     _check_options(args, "resolution", "views")
     device = _device(args) or default_device()
     _torch_threads()
     ae = load_autoencoder(args.run_dir, device=device)
     if ae.domain == "occupancy":
-        from ddmi.domains.occupancy import reconstruct_shapes_command
+        from ddmi.domains.occupancy.meshes import reconstruct_shapes_command
         return reconstruct_shapes_command(ae, args, log=_log)
     if ae.domain == "nerf":
-        from ddmi.domains.nerf import reconstruct_nerf_command
+        from ddmi.domains.nerf.outputs import reconstruct_nerf_command
         return reconstruct_nerf_command(ae, args, log=_log)
     if ae.domain == "video":
-        from ddmi.domains.video import reconstruct_videos_command
+        from ddmi.domains.video.outputs import reconstruct_videos_command
         _check_options(args, "frames")
         return reconstruct_videos_command(ae, args, log=_log)
     if ae.domain != "image":

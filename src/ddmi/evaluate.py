@@ -11,7 +11,7 @@ Run folders (image domain):
   as files would be.
 
 Shape, video and NeRF run folders: see :func:`evaluate_shapes_run`,
-:func:`ddmi.domains.video.evaluate_video_run` and :func:`ddmi.domains.nerf.evaluate_nerf_run`.
+:func:`ddmi.domains.video.outputs.evaluate_video_run` and :func:`ddmi.domains.nerf.outputs.evaluate_nerf_run`.
 
 Any folder: ``--ref DIR`` is required; the metric defaults follow the files (images: FID + KID;
 ``.npy``/``.npz`` point clouds: MMD/COV/1-NNA with Chamfer).
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ddmi import checkpoint as ckpt
 from ddmi.devices import Shard, resolve_device
-from ddmi.domains.image import resize
+from ddmi.domains.image.pixels import resize
 from ddmi.metrics.fid import to_uint8
 from ddmi.errors import ConfigError, DataError
 
@@ -153,10 +153,10 @@ def evaluate_run(run_dir: Path, *, metrics, num: int | None, resolution: int | N
     if cfg.domain == "occupancy":
         return evaluate_shapes_run(run_dir, cfg, resolution=resolution, **kw)
     if cfg.domain == "video":
-        from ddmi.domains.video import evaluate_video_run
+        from ddmi.domains.video.outputs import evaluate_video_run
         return evaluate_video_run(run_dir, cfg, i3d=i3d, **kw)
     if cfg.domain == "nerf":
-        from ddmi.domains.nerf import evaluate_nerf_run
+        from ddmi.domains.nerf.outputs import evaluate_nerf_run
         return evaluate_nerf_run(run_dir, cfg, resolution=resolution, **kw)
     ae = load_autoencoder(run_dir, device=shard.device)
     res = resolution or ae.resolution
@@ -228,8 +228,8 @@ def evaluate_shapes_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler
     extracted in shares, the rest runs on the main process."""
     from ddmi.api import load_autoencoder
     from ddmi.data.shapes import ShapesDataset, find_models
-    from ddmi.domains.occupancy import extract_meshes, mesh_point_clouds, shape_metrics
-    from ddmi.occupancy_model import occupancy_iou
+    from ddmi.domains.occupancy.meshes import extract_meshes, mesh_point_clouds, shape_metrics
+    from ddmi.domains.occupancy.model import occupancy_iou
 
     shard = shard or Shard(device)
     ae = load_autoencoder(run_dir, device=shard.device)

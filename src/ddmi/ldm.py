@@ -24,7 +24,7 @@ def build_denoiser(cfg: DictConfig, latent_shape: tuple[int, ...]) -> UNet:
               norm_groups=min(32, u.model_channels))
     if cfg.domain == "video":   # (B, C, N) tokens of three planes: the tri-plane UNet
         from ddmi.nn.triplane_unet import TriplaneUNet
-        from ddmi.video_model import video_spec
+        from ddmi.domains.video.model import video_spec
         return TriplaneUNet(plane_shapes=video_spec(cfg).plane_shapes(), cross_heads=cfg.video.unet_cross_heads, **kw)
     return UNet(**kw)
 

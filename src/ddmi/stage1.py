@@ -116,7 +116,7 @@ class VAETask(Task):
 
     def evaluate(self) -> dict[str, float]:
         """``psnr``: reconstructions (posterior mean) of the preview images at R, in dB."""
-        from ddmi.domains.image import resize
+        from ddmi.domains.image.pixels import resize
         from ddmi.metrics.image_quality import psnr
         ae = self.autoencoder
         x = resize(self.preview.to(next(ae.parameters()).device), self.cfg.data.resolution)
@@ -148,7 +148,7 @@ class OccupancyVAETask(VAETask):
     def write_samples(self, step: int, folder: Path) -> list[Path]:
         """Meshes (32^3) of the reconstructions of up to 8 preview shapes, one view each."""
         from ddmi.data.shapes import split_item
-        from ddmi.domains.occupancy import extract_meshes, preview_sheet
+        from ddmi.domains.occupancy.meshes import extract_meshes, preview_sheet
         from ddmi.render.mesh import write_png
         ae = self.autoencoder
         device = next(ae.parameters()).device
@@ -161,7 +161,7 @@ class OccupancyVAETask(VAETask):
     def evaluate(self) -> dict[str, float]:
         """``iou``: occupancy IoU of the preview shapes' reconstructions at their query points."""
         from ddmi.data.shapes import split_item
-        from ddmi.occupancy_model import occupancy_iou
+        from ddmi.domains.occupancy.model import occupancy_iou
         ae = self.autoencoder
         points, queries, occ = split_item(self.preview.to(next(ae.parameters()).device), ae.num_points)
         logits = ae.decode(ae.encode(points).mode()).query(ae.normalize(queries))[..., 0]
@@ -216,7 +216,7 @@ def make_vae_task(cfg: DictConfig, *, log=print) -> VAETask:
     if cfg.domain == "occupancy":
         task = OccupancyVAETask(cfg, log=log)
     elif cfg.domain == "nerf":
-        from ddmi.domains.nerf import make_nerf_vae_task
+        from ddmi.domains.nerf.outputs import make_nerf_vae_task
         task = make_nerf_vae_task(cfg, log=log)
     elif cfg.domain == "video" and cfg.gan.enabled:
         from ddmi.gan import AdversarialVideoVAETask

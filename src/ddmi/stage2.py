@@ -321,13 +321,13 @@ class LDMTask(Task):
             from ddmi.render.video import contact_sheet
             return [contact_sheet(self.ae.render(z[:8]).cpu(), path)]
         if self.ae.domain == "occupancy":
-            from ddmi.domains.occupancy import extract_meshes, preview_sheet
+            from ddmi.domains.occupancy.meshes import extract_meshes, preview_sheet
             from ddmi.render.mesh import write_png
             meshes = extract_meshes(self.ae.decode(z[:8]), 32, threshold=self.ae.threshold,
                                     half_extent=self.ae.half_extent)
             return [write_png(path, preview_sheet(meshes, half_extent=self.ae.half_extent))]
         if self.ae.domain == "nerf":
-            from ddmi.domains.nerf import ldm_sample_sheet
+            from ddmi.domains.nerf.outputs import ldm_sample_sheet
             return [ldm_sample_sheet(self.ae, z, path)]
         r = self.ae.resolution
         save_grid(self.ae.render(z, 2 * r).cpu(), path, nrow=8)
@@ -356,7 +356,7 @@ def encoder_dataset(cfg: DictConfig) -> Dataset:
         return ShapesDataset(cfg.data.dir, split="train", classes=None if sc.classes is None else list(sc.classes),
                              num_points=sc.num_points, point_noise=sc.point_noise, num_queries=1, seed=cfg.seed)
     if cfg.domain == "nerf":
-        from ddmi.domains.nerf import nerf_dataset
+        from ddmi.domains.nerf.outputs import nerf_dataset
         return nerf_dataset(cfg, "train", num_rays=0)
     if cfg.domain == "video":
         from ddmi.data.videos import VideoFolderDataset
@@ -486,13 +486,13 @@ def sample_command(args, log=print) -> int:
     ae = load_autoencoder(run_dir, device=shard.device)
     diffusion = load_diffusion(run_dir, ae.latent_shape, ema=not args.no_ema, device=shard.device)
     if ae.domain == "occupancy":
-        from ddmi.domains.occupancy import sample_shapes_command
+        from ddmi.domains.occupancy.meshes import sample_shapes_command
         return sample_shapes_command(args, ae, diffusion, cfg, log=log, shard=shard)
     if ae.domain == "nerf":
-        from ddmi.domains.nerf import sample_nerf_command
+        from ddmi.domains.nerf.outputs import sample_nerf_command
         return sample_nerf_command(args, ae, diffusion, cfg, log=log, shard=shard)
     if ae.domain == "video":
-        from ddmi.domains.video import sample_videos_command
+        from ddmi.domains.video.outputs import sample_videos_command
         return sample_videos_command(args, ae, diffusion, cfg, log=log, shard=shard)
     sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     resolutions = args.resolution or [ae.resolution]

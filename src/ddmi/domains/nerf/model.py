@@ -3,7 +3,7 @@
 **One frame** (the official code encodes with ``p / 1.1`` and renders with ``p / 3.5``; spec
 12.2.4): world points (the cameras' frame; point clouds are first multiplied by
 ``nerf.points_scale``) are normalised once, ``u = p / nerf.half_extent``, for the PointNet scatter
-*and* for the plane queries, with the plane order, cells and sampling of :mod:`ddmi.triplane`.
+*and* for the plane queries, with the plane order, cells and sampling of :mod:`ddmi.vae.triplane_coords`.
 Outside the box ``|u| <= 1`` the density is exactly 0.
 
 **The field** (:class:`NeRFMLP`, ``MLPNeRF`` with **real** ReLUs; the official
@@ -30,11 +30,11 @@ from ddmi.data.srn import split_nerf_item
 from ddmi.fields import Field
 from ddmi.nn.pointnet import LocalPoolPointNet
 from ddmi.nn.spectral import SpectralRegularizer
-from ddmi.occupancy_model import triplane_spec
+from ddmi.domains.occupancy.model import triplane_spec
 from ddmi.render.volume import SRN_FOV, render_rays
-from ddmi.triplane import sample_triplane, triplane_grid
-from ddmi.vae import DiagonalGaussian
-from ddmi.vae_triplane import TriplaneVAE
+from ddmi.vae.triplane_coords import sample_triplane, triplane_grid
+from ddmi.vae.posterior import DiagonalGaussian
+from ddmi.vae.triplanes import TriplaneVAE
 
 
 def positional_encoding(x: torch.Tensor, num_freqs: int) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The occupancy D2C-VAE: PointNet -> tri-plane conv VAE -> tri-plane HDBPE -> CFC MLP (spec 3.2).
 
-Frame and plane conventions: :mod:`ddmi.triplane` (one normalisation ``u = p / half_extent`` for
+Frame and plane conventions: :mod:`ddmi.vae.triplane_coords` (one normalisation ``u = p / half_extent`` for
 both encoding and querying; planes ``xy, xz, yz``). Batches are the packed tensors of
 :mod:`ddmi.data.shapes`.
 """
@@ -14,11 +14,11 @@ from torch import nn
 
 from ddmi.data.shapes import split_item
 from ddmi.fields import Field
-from ddmi.nn.pointnet import LocalPoolPointNet
+from ddmi.nn.pointnet import LocalPoolPointNet, ResnetBlockFC
 from ddmi.nn.spectral import SpectralRegularizer
-from ddmi.triplane import half_extent, normalize_points
-from ddmi.vae import DiagonalGaussian
-from ddmi.vae_triplane import OccupancyMLP, TriplaneVAE, TriplaneVAESpec
+from ddmi.vae.triplane_coords import half_extent, normalize_points, sample_triplane, triplane_grid
+from ddmi.vae.posterior import DiagonalGaussian
+from ddmi.vae.triplanes import TriplaneVAE, TriplaneVAESpec
 
 
 def triplane_spec(cfg: DictConfig) -> TriplaneVAESpec:
@@ -127,3 +127,32 @@ class OccupancyAutoencoder(nn.Module):
         with torch.no_grad():
             logs["iou"] = occupancy_iou(logits.detach(), occ, self.threshold_logit)
         return loss, logs
+
+
+class OccupancyMLP(nn.Module):
+    """CFC occupancy decoder (``MLP3D``): tri-plane HDBPE + coordinates -> occupancy logit.
+
+    ``f_k`` = the sum of the three plane samples at scale ``k`` (coarse to fine).
+    ``h = fc_p(u) + Res(C -> H)(f_0)``; ``h = Res(H + C -> H)([h, f_k])`` for the finer scales;
+    ``h = Res(H -> H)(h)``; ``logit = fc_out(relu(h))``. Res = :class:`ResnetBlockFC`.
+    """
+
+    def __init__(self, *, plane_channels: int, num_scales: int, hidden: int = 256):
+        super().__init__()
+        c, h = plane_channels, hidden
+        self.fc_p = nn.Linear(3, h)
+        self.blocks = nn.ModuleList([ResnetBlockFC(c, h)] + [ResnetBlockFC(h + c, h) for _ in range(num_scales - 1)])
+        self.final = ResnetBlockFC(h, h)
+        self.fc_out = nn.Linear(h, 1)
+
+    def forward(self, planes: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+        """``planes``: coarse to fine ``(B, 3, C, h_k, w_k)``; ``coords (B, N, 3)`` normalised.
+
+        Returns the occupancy logits ``(B, N, 1)``."""
+        assert len(planes) == len(self.blocks), f"expected {len(self.blocks)} scales, got {len(planes)}"
+        h = self.fc_p(coords)
+        grid = triplane_grid(coords)
+        for k, (plane, block) in enumerate(zip(planes, self.blocks)):
+            f = sample_triplane(plane, grid=grid)
+            h = h + block(f) if k == 0 else block(torch.cat([h, f], dim=-1))
+        return self.fc_out(F.relu(self.final(h)))

@@ -1,6 +1,6 @@
 """The NeRF domain: radiance fields -> rendered views, turntables (PNG frames + GIF), PSNR.
 
-A NeRF field (:meth:`ddmi.nerf_model.NeRFAutoencoder.decode`) is rendered from any camera with
+A NeRF field (:meth:`ddmi.domains.nerf.model.NeRFAutoencoder.decode`) is rendered from any camera with
 :mod:`ddmi.render.volume` in the world frame of the data (OpenGL camera-to-world poses, the
 srn-cars intrinsics scaled to the requested size: ``focal = 0.5 R / tan(0.5 fov)``, so any
 resolution ``R`` shows the same view). Turntables orbit the origin at ``nerf.turntable_radius``

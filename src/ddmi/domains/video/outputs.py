@@ -1,7 +1,7 @@
 """The video domain: fields -> clips at any size and frame count -> MP4 / GIF / frames / sheets.
 
 A video field (``VideoAutoencoder.decode``) returns RGB at ``(x, y, t)`` in [-1, 1]^3 (pixel-centre
-semantics on every axis; conventions in :mod:`ddmi.video_model`). Rendering at ``R x R`` and
+semantics on every axis; conventions in :mod:`ddmi.domains.video.model`). Rendering at ``R x R`` and
 ``F`` frames queries the ``F`` frame centres ``t_k = -1 + (2k + 1)/F`` of the same interval, so
 ``F`` larger than the training clip length interpolates in time (temporal super-resolution) and
 ``R`` larger than the training size in space.

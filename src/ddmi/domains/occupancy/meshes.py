@@ -1,7 +1,7 @@
 """The occupancy (3-D shape) domain: fields -> dense grids -> meshes -> files, and 3-D metrics.
 
 A shape field (``OccupancyAutoencoder.decode``) returns occupancy *logits* at normalised
-coordinates ``u`` in ``[-1, 1]^3`` (:mod:`ddmi.triplane`); the world frame is ``p = u *
+coordinates ``u`` in ``[-1, 1]^3`` (:mod:`ddmi.vae.triplane_coords`); the world frame is ``p = u *
 half_extent`` (the padded unit cube, ``half_extent = 0.55``). Meshes are extracted at any grid
 resolution ``R``: the field is evaluated at the ``R^3`` cell centres of the box, slab by slab (at
 most ``slab_points`` coordinates exist at a time), and marching cubes runs at the logit of the
