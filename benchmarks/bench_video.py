@@ -33,7 +33,7 @@ def _mlp_flops(mlp: torch.nn.Module) -> float:
 def _stage1_rows(r: int, ctx: Context, warmup: int, repeats: int) -> list[Row]:
     from ddmi.config import load_config
     from ddmi.models import build_autoencoder
-    from ddmi.stage1 import kl_weight, spectral_weight
+    from ddmi.training.vae_task import kl_weight, spectral_weight
 
     cfg = load_config("video-tiny", _overrides(r))
     torch.manual_seed(0)

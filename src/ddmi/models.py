@@ -1,7 +1,8 @@
-"""Whole models built from a config: the stage-1 autoencoder of each domain.
+"""Whole models built from a config, through the domain registry: the stage-1 autoencoder, the
+stage-2 denoiser and diffusion model, the discriminator; and their parameter counts.
 
 ``build_autoencoder(cfg)`` returns a module with ``encode(x) -> DiagonalGaussian``,
-``decode(z) -> Field``, ``latent_shape`` and ``training_loss(batch, ...)``.
+``decode(z) -> Field``, ``latent_shape`` and the stage-1 loss as ``forward``.
 """
 
 from __future__ import annotations
@@ -10,31 +11,29 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ddmi.domains.image.model import ImageAutoencoder
-
-
-def _occupancy(cfg: DictConfig) -> nn.Module:
-    from ddmi.domains.occupancy.model import OccupancyAutoencoder
-    return OccupancyAutoencoder(cfg)
-
-
-def _nerf(cfg: DictConfig) -> nn.Module:
-    from ddmi.domains.nerf.model import NeRFAutoencoder
-    return NeRFAutoencoder(cfg)
-
-
-
-def _video(cfg: DictConfig) -> nn.Module:
-    from ddmi.domains.video.model import VideoAutoencoder
-    return VideoAutoencoder(cfg)
-
-
-
-AUTOENCODERS = {"image": ImageAutoencoder, "occupancy": _occupancy, "nerf": _nerf, "video": _video}
+from ddmi import domains
+from ddmi.diffusion import LatentDiffusion
 
 
 def build_autoencoder(cfg: DictConfig) -> nn.Module:
-    return AUTOENCODERS[cfg.domain](cfg)
+    return domains.get(cfg.domain).build_autoencoder(cfg)
+
+
+def build_denoiser(cfg: DictConfig, latent_shape: tuple[int, ...]) -> nn.Module:
+    return domains.get(cfg.domain).build_denoiser(cfg, latent_shape)
+
+
+def build_discriminator(cfg: DictConfig) -> nn.Module:
+    return domains.get(cfg.domain).build_discriminator(cfg)
+
+
+def build_diffusion(cfg: DictConfig, latent_shape: tuple[int, ...], latent_scale=1.0,
+                    latent_shift=0.0) -> LatentDiffusion:
+    """The diffusion model of ``cfg``; ``latent_scale``/``latent_shift``: scalars or (C,) tensors
+    (measured from the training latents, see :func:`ddmi.training.ldm_task.measure_latent_stats`)."""
+    return LatentDiffusion(build_denoiser(cfg, latent_shape), latent_channels=latent_shape[0],
+                           mixed_prediction=cfg.ldm.mixed_prediction, mixed_init=cfg.ldm.mixed_init,
+                           latent_scale=latent_scale, latent_shift=latent_shift)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -48,9 +47,7 @@ def parameter_counts(cfg: DictConfig, *, include_ldm: bool = True) -> dict[str, 
         counts = {name: count_parameters(m) for name, m in ae.components().items()}
         counts["vae_total"] = count_parameters(ae.vae)
         if cfg.gan.enabled:
-            from ddmi.gan import build_discriminator
             counts["discriminator"] = count_parameters(build_discriminator(cfg))
         if include_ldm:
-            from ddmi.ldm import build_denoiser
             counts["denoiser"] = count_parameters(build_denoiser(cfg, ae.latent_shape))
     return counts

@@ -147,7 +147,7 @@ def synth_nerf(out_dir, *, num: int, seed: int, overwrite: bool = False, split_t
     """Write ``num`` training (+ ``split_test`` validation) cars in the srn-cars layout:
     ``out_dir/cars/sampled/synth<i>.npz`` (``synth_t<i>`` for validation), ``cars/train.lst``,
     ``cars/val.lst``. Returns the written ``.npz`` paths, training objects first."""
-    from ddmi.checkpoint import atomic_write_text
+    from ddmi.files import atomic_write_text
     from ddmi.data.synthetic import _check_int, _item_rng, _prepare_out_dir, _remove_stale
 
     num = _check_int("num", num, 1)

@@ -201,7 +201,7 @@ class LPIPS(nn.Module):
         """Write backbone + heads as one safetensors file (atomically), readable by :meth:`from_file`."""
         from safetensors.torch import save
 
-        from ddmi.checkpoint import atomic_write_bytes
+        from ddmi.files import atomic_write_bytes
 
         sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
         atomic_write_bytes(Path(path), save(sd, metadata={"format": _FORMAT}))

@@ -6,7 +6,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ddmi.domains.image import pixels as image_domain
+import ddmi.domains.image.pixels as image_domain
 from ddmi.fields import Field, ImageMLP, ImageMLPSpec
 from ddmi.nn.spectral import SpectralRegularizer
 from ddmi.vae.planes import ConvVAE, ConvVAESpec
@@ -79,7 +79,7 @@ class ImageAutoencoder(nn.Module):
         ``kl_weight * KL`` (summed over the latent, batch mean); plus ``sn_weight *`` the spectral
         regulariser; plus ``perceptual_weight * LPIPS`` when a perceptual network is given; plus
         ``adversary(fake, real, si) -> (loss, logs)`` on the ``(B, 3, R, R)`` images when given
-        (the generator side of adversarial fine-tuning, :mod:`ddmi.gan`).
+        (the generator side of adversarial fine-tuning, :mod:`ddmi.training.adversarial`).
         """
         pred, targets, si, posterior = self.reconstruct(images, rand)
         l1 = (pred - targets).abs().flatten(1).sum(1).mean()
@@ -117,6 +117,12 @@ class ImageAutoencoder(nn.Module):
         z = posterior.mean + posterior.std * rand["noise"]
         pred = self.mlp(self.vae.decode(z), coords, si)                       # (B, N, 3)
         return pred, targets, si, posterior
+
+    def adversarial_views(self, images: torch.Tensor, rand: dict):
+        """``(fake, real, cond)`` as the critic sees them: ``(B, 3, R, R)`` reconstructions and
+        targets, and the scale injection ``si (B,)``."""
+        pred, targets, si, _ = self.reconstruct(images, rand)
+        return self.as_images(pred), self.as_images(targets), si
 
     def as_images(self, points: torch.Tensor) -> torch.Tensor:
         """``(B, R*R, 3)`` per-pixel values -> ``(B, 3, R, R)``."""

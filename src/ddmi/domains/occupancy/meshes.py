@@ -111,42 +111,37 @@ def shape_metrics(generated: torch.Tensor, reference: torch.Tensor, **kw) -> dic
 # commands
 
 
-def sample_shapes_command(args, ae, diffusion, cfg, log=print, shard=None) -> int:
-    """``ddmi sample`` for a shapes run: meshes (PLY + OBJ) and PNG previews per sample; with a
-    ``shard`` (:class:`ddmi.devices.Shard`), this process's batches only, and the grids on the
-    main process."""
-    from ddmi.devices import Shard
-    from ddmi.stage2 import _check_free, latent_batches, sampling_plan
-    shard = shard or Shard(next(diffusion.parameters()).device)
-    sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
-    resolutions = args.resolution or [128]
-    out = Path(args.out)
+def _stems(args, count: int) -> dict[int, list[str]]:
     prefix = "interpolation" if args.interpolate else "sample"
-    stems = {r: [f"{prefix}_{i:05d}_{r}" for i in range(len(noises))] for r in resolutions}
-    targets = [out / f"{s}.{ext}" for r in resolutions for s in stems[r] for ext in ("ply", "obj", "png")]
-    targets += [out / f"grid_{r}.png" for r in resolutions]
-    _check_free(targets, args.overwrite)
-    shard.wait()                  # every process has checked before any writes
+    return {r: [f"{prefix}_{i:05d}_{r}" for i in range(count)] for r in args.resolution or [128]}
+
+
+def sample_targets(args, ae, count: int) -> list[Path]:
+    out, stems = Path(args.out), _stems(args, count)
+    return ([out / f"{s}.{ext}" for r in stems for s in stems[r] for ext in ("ply", "obj", "png")]
+            + [out / f"grid_{r}.png" for r in stems])
+
+
+def write_samples(args, ae, batches, count: int, shard, log) -> str:
+    """``ddmi sample`` for a shapes run: meshes (PLY + OBJ) and PNG previews per sample (this
+    process's batches), a grid per grid resolution (main process)."""
+    out, stems = Path(args.out), _stems(args, count)
+    resolutions = list(stems)
     tiles, empty = {r: [] for r in resolutions}, {r: 0 for r in resolutions}
-    with torch.inference_mode():
-        for i, z in latent_batches(diffusion, noises, sampler=sampler, steps=steps, eta=args.eta,
-                                   batch_size=args.batch_size, starts=shard.starts(len(noises), args.batch_size),
-                                   progress=shard.is_main):
-            for r in resolutions:
-                meshes = extract_meshes(ae.decode(z), r, threshold=ae.threshold, half_extent=ae.half_extent)
-                _, t = write_mesh_files(meshes, out, stems[r][i:i + len(z)], half_extent=ae.half_extent)
-                tiles[r].append((i, t))
-                empty[r] += sum(len(f) == 0 for _, f in meshes)
+    for i, z in batches:
+        for r in resolutions:
+            meshes = extract_meshes(ae.decode(z), r, threshold=ae.threshold, half_extent=ae.half_extent)
+            _, t = write_mesh_files(meshes, out, stems[r][i:i + len(z)], half_extent=ae.half_extent)
+            tiles[r].append((i, t))
+            empty[r] += sum(len(f) == 0 for _, f in meshes)
     for r in resolutions:
         grid = [t for batch in shard.gather_by_start(tiles[r]) for t in batch]
         n_empty = sum(shard.gather([empty[r]]))
         if shard.is_main:
             write_grid(grid, out / f"grid_{r}.png")
         if n_empty:
-            log(f"warning: {n_empty} of {len(noises)} samples at {r}^3 have an empty surface")
-    log(f"wrote {len(noises)} meshes (PLY + OBJ + PNG) at {', '.join(f'{r}^3' for r in resolutions)} "
-        f"to {out} ({sampler}, {steps or 'default'} steps{shard.describe()})")
-    return 0
+            log(f"warning: {n_empty} of {count} samples at {r}^3 have an empty surface")
+    return f"wrote {count} meshes (PLY + OBJ + PNG) at {', '.join(f'{r}^3' for r in resolutions)} to {out}"
 
 
 def load_point_cloud(path: Path) -> np.ndarray:

@@ -157,6 +157,12 @@ class VideoAutoencoder(nn.Module):
                 "frame": torch.randint(0, self.frames, (n,), generator=generator),
                 "noise": torch.randn((n, *self.latent_shape), generator=generator)}
 
+    def adversarial_views(self, clips: torch.Tensor, rand: dict):
+        """``(fake, real, cond)`` as the critics see them: clips ``(B, 3, T, H, W)`` and the frame
+        per clip that the 2-D critic judges (``rand["frame"]``, the LPIPS term's frame)."""
+        pred, targets, _ = self.reconstruct(clips, rand)
+        return pred, targets, rand["frame"]
+
     def reconstruct(self, clips: torch.Tensor, rand: dict) -> tuple[torch.Tensor, torch.Tensor, DiagonalGaussian]:
         """The training view of ``clips`` (mirrored where ``rand["flip"]``) and its unclamped
         reconstruction (posterior noise ``rand["noise"]``): ``pred, targets (B, 3, T, H, W)``
@@ -176,7 +182,7 @@ class VideoAutoencoder(nn.Module):
         frame per clip when a perceptual network is given; ``+ sn_weight *`` the spectral
         regulariser (the VAE's convolutions; not the TimeSformer's linear layers); ``+
         adversary(fake, real, frame) -> (loss, logs)`` on the clips when given (the generator side
-        of adversarial fine-tuning, :mod:`ddmi.gan`; ``frame`` is the same random frame per clip
+        of adversarial fine-tuning, :mod:`ddmi.training.adversarial`; ``frame`` is the same random frame per clip
         as the LPIPS term's)."""
         pred, clips, posterior = self.reconstruct(clips, rand)               # (B, 3, T, H, W)
         b = clips.shape[0]

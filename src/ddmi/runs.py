@@ -1,9 +1,8 @@
-"""Public Python API: load trained runs and turn latents into fields and files.
+"""Run folders: the models they hold, loaded for sampling, reconstruction and evaluation.
 
-    >>> from ddmi import api
-    >>> ae = api.load_autoencoder("runs/image-tiny-vae")       # a VAE run, or an LDM run
-    >>> field = ae.decode(ae.encode(images).mode())            # a Field
-    >>> big = ae.render(z, 256)                                 # (B, 3, 256, 256) in [-1, 1]
+A run folder (layout: :mod:`ddmi.checkpoint`) is enough to sample from: ``load_autoencoder``
+gives the D2C-VAE of a VAE run or of an LDM run (its copy in ``RUN/vae``), ``load_diffusion``
+the (EMA) diffusion model of an LDM run.
 """
 
 from __future__ import annotations
@@ -15,8 +14,9 @@ from omegaconf import DictConfig
 
 from ddmi import checkpoint as ckpt
 from ddmi.devices import resolve_device
+from ddmi.diffusion import LatentDiffusion
 from ddmi.errors import CheckpointError
-from ddmi.models import build_autoencoder
+from ddmi.models import build_autoencoder, build_diffusion
 
 
 def _vae_folder(run_dir: Path) -> Path:
@@ -50,3 +50,23 @@ def load_autoencoder(run_dir: str | Path, *, device: str | torch.device | None =
 
 def run_config(run_dir: str | Path) -> DictConfig:
     return ckpt.load_run_config(Path(run_dir))
+
+
+def load_diffusion(run_dir: Path, latent_shape: tuple[int, ...], *, ema: bool = True,
+                   device: str | torch.device | None = None) -> LatentDiffusion:
+    """The (EMA) diffusion model of an LDM run folder's latest checkpoint, in eval mode on
+    ``device`` (default: ``cuda`` when available, else ``cpu``)."""
+    device = resolve_device(device)
+    cfg = ckpt.load_run_config(run_dir)
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None:
+        raise CheckpointError(f"{run_dir} has no complete checkpoint yet")
+    model = build_diffusion(cfg, latent_shape)
+    if ema and (latest / "ema.safetensors").is_file():
+        weights = ckpt.load_weights(latest / "ema.safetensors")
+        prefix = "ema_model."
+        weights = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    else:
+        weights = ckpt.load_weights(latest / "model.safetensors")
+    ckpt.load_into(model, weights, what=f"{latest}")
+    return model.to(device).eval()
