@@ -26,7 +26,18 @@ class OccupancyDomain(Domain):
     description = "3-D shapes: occupancy fields of ONet-layout shapes (point clouds in, meshes out)"
     run_metrics = ("mmd-cd", "cov-cd", "1nna-cd", "iou")
     default_metrics = {"ldm": ("mmd-cd", "cov-cd", "1nna-cd"), "vae": ("iou",)}
+    point_clouds = True
     data_hint = " (ONet layout; see `ddmi synth shapes`)"
+
+    def validate(self, cfg, check):
+        sc = cfg.shapes
+        check(sc.num_points > 0, "shapes.num_points", "must be > 0")
+        check(sc.num_queries > 0, "shapes.num_queries", "must be > 0")
+        check(sc.point_noise >= 0, "shapes.point_noise", "must be >= 0")
+        check(sc.padding >= 0, "shapes.padding", "must be >= 0")
+        check(0 < sc.threshold < 1, "shapes.threshold", "must be a probability in (0, 1)")
+        check(sc.pointnet_blocks >= 1 and sc.pointnet_hidden > 0 and sc.pointnet_channels > 0,
+              "shapes.pointnet_blocks", "PointNet sizes must be positive")
 
     def build_autoencoder(self, cfg):
         return OccupancyAutoencoder(cfg)

@@ -29,6 +29,20 @@ class VideoDomain(Domain):
     adversarial = True
     data_hint = " (frame folders; see `ddmi synth video`)"
 
+    def validate(self, cfg, check):
+        vc = cfg.video
+        f = 2 ** (len(cfg.vae.ch_mult) - 1)     # the encoder's downsampling factor
+        check(vc.frames >= 1, "video.frames", "must be >= 1")
+        check(vc.fps >= 1, "video.fps", "must be >= 1")
+        check(vc.enc_head_dim % 4 == 0, "video.enc_head_dim", "must be a multiple of 4 (axial rotary embedding)")
+        for key in ("enc_dim", "enc_depth", "enc_heads", "collapse_depth", "collapse_heads",
+                    "collapse_head_dim", "collapse_mlp", "cross_heads", "unet_cross_heads", "enc_ff_mult"):
+            check(vc[key] >= 1, f"video.{key}", "must be >= 1")
+        uf = 2 ** (len(cfg.ldm.unet.channel_mult) - 1)
+        check(vc.frames % uf == 0 and (cfg.data.resolution // f) % uf == 0, "ldm.unet.channel_mult",
+              f"the tri-plane UNet downsamples by {uf}: video.frames ({vc.frames}) and the latent size "
+              f"({cfg.data.resolution // f}) must be multiples of it")
+
     def build_autoencoder(self, cfg):
         return VideoAutoencoder(cfg)
 
