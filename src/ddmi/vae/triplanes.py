@@ -158,3 +158,15 @@ class TriplaneVAE(ConvVAE):
     encoder_class = TriplaneEncoder
     decoder_class = TriplaneDecoder
 
+
+def triplane_spec(v, *, in_channels: int, resolution: int) -> TriplaneVAESpec:
+    """The tri-plane VAE of a config's ``vae`` section ``v``, for ``in_channels`` encoder input
+    channels (the PointNet's) at plane ``resolution``."""
+    return TriplaneVAESpec(
+        in_channels=in_channels, resolution=resolution, ch=v.ch,
+        ch_mult=tuple(v.ch_mult), num_res_blocks=v.num_res_blocks, z_channels=v.z_channels,
+        embed_dim=v.embed_dim, attn_resolutions=tuple(v.attn_resolutions),
+        hdbpe_resolutions=tuple(v.hdbpe_resolutions), plane_channels=v.plane_channels,
+        mid_attn_heads=v.mid_attn_heads, dropout=v.dropout,
+        inter_attn_resolutions=tuple(v.inter_attn_resolutions),
+    )

@@ -19,7 +19,6 @@ and returns ``[sigma, r, g, b]`` (``sigma >= 0`` in world units, rgb in [0, 1]).
 
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +29,10 @@ from ddmi.data.srn import split_nerf_item
 from ddmi.fields import Field
 from ddmi.nn.pointnet import LocalPoolPointNet
 from ddmi.nn.spectral import SpectralRegularizer
-from ddmi.domains.occupancy.model import triplane_spec
 from ddmi.render.volume import SRN_FOV, render_rays
 from ddmi.vae.triplane_coords import sample_triplane, triplane_grid
 from ddmi.vae.posterior import DiagonalGaussian
-from ddmi.vae.triplanes import TriplaneVAE
+from ddmi.vae.triplanes import TriplaneVAE, triplane_spec
 
 
 def positional_encoding(x: torch.Tensor, num_freqs: int) -> torch.Tensor:
@@ -112,7 +110,7 @@ class NeRFAutoencoder(nn.Module):
         super().__init__()
         nc = cfg.nerf
         self.nerf = nc
-        self.spec = dataclasses.replace(triplane_spec(cfg), in_channels=nc.pointnet_channels)
+        self.spec = triplane_spec(cfg.vae, in_channels=nc.pointnet_channels, resolution=cfg.data.resolution)
         self.resolution = cfg.data.resolution
         self.half_extent = float(nc.half_extent)
         self.num_points = nc.num_points

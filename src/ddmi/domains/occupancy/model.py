@@ -18,19 +18,7 @@ from ddmi.nn.pointnet import LocalPoolPointNet, ResnetBlockFC
 from ddmi.nn.spectral import SpectralRegularizer
 from ddmi.vae.triplane_coords import half_extent, normalize_points, sample_triplane, triplane_grid
 from ddmi.vae.posterior import DiagonalGaussian
-from ddmi.vae.triplanes import TriplaneVAE, TriplaneVAESpec
-
-
-def triplane_spec(cfg: DictConfig) -> TriplaneVAESpec:
-    v = cfg.vae
-    return TriplaneVAESpec(
-        in_channels=cfg.shapes.pointnet_channels, resolution=cfg.data.resolution, ch=v.ch,
-        ch_mult=tuple(v.ch_mult), num_res_blocks=v.num_res_blocks, z_channels=v.z_channels,
-        embed_dim=v.embed_dim, attn_resolutions=tuple(v.attn_resolutions),
-        hdbpe_resolutions=tuple(v.hdbpe_resolutions), plane_channels=v.plane_channels,
-        mid_attn_heads=v.mid_attn_heads, dropout=v.dropout,
-        inter_attn_resolutions=tuple(v.inter_attn_resolutions),
-    )
+from ddmi.vae.triplanes import TriplaneVAE, triplane_spec
 
 
 def occupancy_iou(logits: torch.Tensor, occ: torch.Tensor, threshold_logit: float = 0.0) -> torch.Tensor:
@@ -53,7 +41,7 @@ class OccupancyAutoencoder(nn.Module):
     def __init__(self, cfg: DictConfig):
         super().__init__()
         sc = cfg.shapes
-        self.spec = triplane_spec(cfg)
+        self.spec = triplane_spec(cfg.vae, in_channels=cfg.shapes.pointnet_channels, resolution=cfg.data.resolution)
         self.resolution = cfg.data.resolution
         self.padding = sc.padding
         self.half_extent = half_extent(sc.padding)
