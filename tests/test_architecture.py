@@ -217,3 +217,31 @@ def test_unknown_domain_names_the_known_ones(tmp_path, capsys):
     assert main(["info", str(tmp_path / "a.yaml")]) == 2
     err = capsys.readouterr().err
     assert "unknown domain 'audio'" in err and "image" in err and "occupancy" in err
+
+
+def _state_dict_digest(module) -> str:
+    import hashlib
+    return hashlib.sha256("\n".join(f"{n}:{tuple(t.shape)}" for n, t in sorted(module.state_dict().items()))
+                          .encode()).hexdigest()[:16]
+
+
+def test_state_dict_keys_are_those_of_the_release_before_the_layout_change():
+    """tests/data/state_dict_keys.json was written by ddmi at a5d973d (before the layout change):
+    every preset's autoencoder, discriminator and (CPU presets) diffusion model has the same keys
+    and shapes, so existing run folders and checkpoints load unchanged."""
+    import json
+
+    from ddmi.config import list_presets
+    from ddmi.models import build_autoencoder, build_diffusion, build_discriminator
+    want = json.loads((Path(__file__).parent / "data" / "state_dict_keys.json").read_text())
+    assert set(want) == set(list_presets())
+    for preset, digests in want.items():
+        cfg = load_config(preset)
+        with torch.device("meta"):
+            ae = build_autoencoder(cfg)
+            got = {"autoencoder": _state_dict_digest(ae)}
+            if cfg.gan.enabled:
+                got["discriminator"] = _state_dict_digest(build_discriminator(cfg))
+        if "diffusion" in digests:
+            got["diffusion"] = _state_dict_digest(build_diffusion(cfg, ae.latent_shape))
+        assert got == digests, preset
