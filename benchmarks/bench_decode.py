@@ -28,7 +28,7 @@ def mlp_flops_per_point(mlp: torch.nn.Module) -> float:
 def _decode_rows(name: str, overrides: list[str], resolutions, ctx: Context, *, chunk: int = 8192,
                  compare: bool = False) -> list[Row]:
     from ddmi.config import load_config
-    from ddmi.domains.image import render_image
+    from ddmi.domains.image.pixels import render_image
     from ddmi.models import build_autoencoder
 
     cfg = load_config("image-tiny", overrides)
@@ -159,7 +159,7 @@ def decode_chunks(ctx: Context) -> list[Row]:
 def _render_whole_grid(field, r: int, train_resolution: int) -> torch.Tensor:
     """The previous render path, for a same-run memory comparison: one ``(R*R, 2)`` coordinate
     grid, a list of per-chunk outputs, then their concatenation."""
-    from ddmi.domains.image import scale_injection
+    from ddmi.domains.image.pixels import scale_injection
     from ddmi.fields import image_grid
     coords = image_grid(r).reshape(-1, 2)
     si = torch.full((field.batch_size,), scale_injection(train_resolution, r))
@@ -170,7 +170,7 @@ def _render_whole_grid(field, r: int, train_resolution: int) -> torch.Tensor:
 
 def _memory_rows(label: str, ctx: Context) -> list[Row]:
     from ddmi.config import load_config
-    from ddmi.domains.image import render_image
+    from ddmi.domains.image.pixels import render_image
     from ddmi.models import build_autoencoder
 
     cfg = load_config("image-tiny", [])

@@ -48,7 +48,7 @@ def _chair_volume(r: int) -> np.ndarray:
 
 
 def _rows(r: int, ctx: Context, repeats: int) -> list[Row]:
-    from ddmi.domains.occupancy import field_volume
+    from ddmi.domains.occupancy.meshes import field_volume
     from ddmi.render.mesh import marching_cubes, write_obj, write_ply
     ae, field = _field()
     w, n = ctx.reps(0, repeats)

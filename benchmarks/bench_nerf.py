@@ -60,7 +60,7 @@ def nerf_stage1_tiny(ctx: Context) -> list[Row]:
     """nerf-tiny stage-1 train step at its batch size (fwd + bwd + AdamW)."""
     from ddmi.config import load_config
     from ddmi.models import build_autoencoder
-    from ddmi.stage1 import kl_weight, spectral_weight
+    from ddmi.training.vae_task import kl_weight, spectral_weight
 
     torch.manual_seed(0)
     cfg = load_config("nerf-tiny")

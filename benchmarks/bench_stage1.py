@@ -69,7 +69,7 @@ def _stage1_step_rows(name: str, cfg, *, batch: int, input_size: int, zoom: floa
 def stage1_tiny(ctx: Context) -> list[Row]:
     """image-tiny preset: train step at its batch size (16), 64^2 inputs (2R), zoom 2."""
     from ddmi.config import load_config
-    from ddmi.stage1 import kl_weight, spectral_weight
+    from ddmi.training.vae_task import kl_weight, spectral_weight
 
     cfg = load_config("image-tiny")
     kl = kl_weight(cfg, 0)

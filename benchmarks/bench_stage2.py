@@ -16,7 +16,7 @@ OFFICIAL_DDIM50_S = 11.35
 
 def build_model(overrides, latent_shape):
     from ddmi.config import load_config
-    from ddmi.ldm import build_diffusion
+    from ddmi.models import build_diffusion
     torch.manual_seed(0)
     return build_diffusion(load_config("image-tiny", overrides), latent_shape)
 

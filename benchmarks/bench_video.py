@@ -33,7 +33,7 @@ def _mlp_flops(mlp: torch.nn.Module) -> float:
 def _stage1_rows(r: int, ctx: Context, warmup: int, repeats: int) -> list[Row]:
     from ddmi.config import load_config
     from ddmi.models import build_autoencoder
-    from ddmi.stage1 import kl_weight, spectral_weight
+    from ddmi.training.vae_task import kl_weight, spectral_weight
 
     cfg = load_config("video-tiny", _overrides(r))
     torch.manual_seed(0)
@@ -68,7 +68,7 @@ def _stage1_rows(r: int, ctx: Context, warmup: int, repeats: int) -> list[Row]:
 def _decode_rows(r: int, ctx: Context, repeats: int) -> list[Row]:
     from ddmi.config import load_config
     from ddmi.models import build_autoencoder
-    from ddmi.video_model import render_clip
+    from ddmi.domains.video.model import render_clip
 
     cfg = load_config("video-tiny", _overrides(r))
     torch.manual_seed(0)
@@ -122,7 +122,7 @@ def video_decode_256(ctx: Context) -> list[Row]:
 def video_decode_mlp_paper(ctx: Context) -> list[Row]:
     """Paper-size MLPVideo on random paper-size planes: all 16x256x256 points of a clip."""
     from ddmi.fields import Field
-    from ddmi.video_model import VideoMLP, render_clip
+    from ddmi.domains.video.model import VideoMLP, render_clip
 
     torch.manual_seed(0)
     mlp = VideoMLP(plane_channels=64, num_scales=3, hidden=256).eval()

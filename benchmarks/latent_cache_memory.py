@@ -9,8 +9,8 @@ memory) and the same randomly initialised VAE of the preset:
 * ``before``: the in-RAM cache of ddmi <= 3775d49, reproduced here: float32 means and stds of both
   views of every item concatenated in one tensor in every process, then the standardisation
   statistics from one posterior sample of the whole first view;
-* ``after``: :func:`ddmi.stage2.build_latent_cache` into a run folder (memory-mapped float16
-  ``.npy``), :func:`ddmi.stage2.measure_latent_stats` streamed in chunks, then one pass over every
+* ``after``: :func:`ddmi.training.ldm_task.build_latent_cache` into a run folder (memory-mapped float16
+  ``.npy``), :func:`ddmi.training.ldm_task.measure_latent_stats` streamed in chunks, then one pass over every
   item as training reads them.
 
 Printed per variant: the peak resident set of the process (``VmHWM``), its anonymous (heap)
@@ -76,7 +76,7 @@ def _old_in_ram_cache(ae, items, batch_size=32) -> torch.Tensor:
 def _child(variant: str, items: int, preset: str) -> dict:
     from ddmi.config import load_config
     from ddmi.models import build_autoencoder
-    from ddmi.stage2 import build_latent_cache, measure_latent_stats
+    from ddmi.training.ldm_task import build_latent_cache, measure_latent_stats
     torch.set_num_threads(2)
     cfg = load_config(preset)
     torch.manual_seed(0)

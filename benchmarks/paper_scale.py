@@ -51,7 +51,7 @@ ADAMW_BYTES = 28                                 # per parameter: read w, g, m, 
 def _meta_model(cfg, stage: str):
     """``(module, loss_fn, batch)`` on the meta device."""
     from ddmi.diffusion import LatentDiffusion
-    from ddmi.ldm import build_denoiser
+    from ddmi.models import build_denoiser
     from ddmi.models import build_autoencoder
 
     from .paper_steps import stage2_loss

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from ddmi.train import mixed_precision
+from ddmi.training.trainer import mixed_precision
 
 PAPER_PRESETS = ("afhq", "celebahq", "shapenet", "srn_cars", "skytimelapse")
 
@@ -59,7 +59,7 @@ def stage1_batch(cfg, ae, batch: int, device, generator: torch.Generator | None 
 
 def stage1_weights(cfg) -> tuple[float, float]:
     """The KL and spectral weights of step 0 (their values do not change the cost while > 0)."""
-    from ddmi.stage1 import kl_weight, spectral_weight
+    from ddmi.training.vae_task import kl_weight, spectral_weight
     kl = kl_weight(cfg, 0)
     return kl, spectral_weight(cfg, kl)
 
@@ -82,7 +82,7 @@ def stage2_loss(cfg, d, latent_shape, batch: int, device) -> Callable[[], torch.
 
 def build_model(cfg, stage: str, device):
     """``(module, loss_fn, batch)`` of one training step of ``stage`` ('vae' or 'ldm')."""
-    from ddmi.ldm import build_diffusion
+    from ddmi.models import build_diffusion
     from ddmi.models import build_autoencoder
     torch.manual_seed(0)
     if stage == "vae":

@@ -27,13 +27,13 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     from ddmi import checkpoint as ckpt
-    from ddmi.api import load_autoencoder
-    from ddmi.evaluate import _reference_features
-    from ddmi.ldm import load_diffusion
+    from ddmi.runs import load_autoencoder
+    from ddmi.metrics.image_sets import _reference_features
+    from ddmi.runs import load_diffusion
     from ddmi.metrics.fid import features_from_batches, fid_from_features, to_uint8
     from ddmi.metrics.frechet import kid
     from ddmi.metrics.inception import InceptionFeatures
-    from ddmi.stage2 import generate_latents, noise_for
+    from ddmi.generate import generate_latents, noise_for
 
     torch.set_num_threads(2)
     run = Path(args.run_dir)

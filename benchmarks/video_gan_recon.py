@@ -58,7 +58,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args(argv)
 
-    from ddmi.api import load_autoencoder
+    from ddmi.runs import load_autoencoder
     from ddmi.metrics.image_quality import psnr, ssim
 
     print("| run | clips | PSNR (dB) | SSIM | grad ratio | lapvar ratio |")

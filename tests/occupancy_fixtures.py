@@ -10,7 +10,7 @@ import torch
 @pytest.fixture(scope="session")
 def shape_data(tmp_path_factory):
     """6 synthetic shapes (2 per category) + 2 test shapes in the ONet layout, 20k points each."""
-    from ddmi.data.synthetic import synth_shapes
+    from ddmi.data.synthetic_shapes import synth_shapes
     root = tmp_path_factory.mktemp("shapes") / "synth"
     synth_shapes(root, num=6, seed=0, split_test=2, num_points=20_000, num_surface=20_000)
     return root

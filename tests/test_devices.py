@@ -15,8 +15,8 @@ import sys
 import pytest
 import torch
 
-import ddmi.api
-import ddmi.ldm
+import ddmi.runs
+
 import ddmi.metrics.inception
 from ddmi import devices
 from ddmi.cli import main
@@ -68,14 +68,14 @@ def test_default_device_follows_cuda_availability(monkeypatch):
 
 
 def test_loaders_put_every_parameter_and_buffer_on_the_device(ldm_run, monkeypatch):
-    ae = ddmi.api.load_autoencoder(ldm_run, device="meta")
+    ae = ddmi.runs.load_autoencoder(ldm_run, device="meta")
     assert module_devices(ae) == {META}
-    assert module_devices(ddmi.ldm.load_diffusion(ldm_run, ae.latent_shape, device="meta")) == {META}
+    assert module_devices(ddmi.runs.load_diffusion(ldm_run, ae.latent_shape, device="meta")) == {META}
     # without device=, the default device (here pointed at meta)
     monkeypatch.setattr(devices, "default_device", lambda: META)
-    ae = ddmi.api.load_autoencoder(ldm_run)
+    ae = ddmi.runs.load_autoencoder(ldm_run)
     assert module_devices(ae) == {META}
-    assert module_devices(ddmi.ldm.load_diffusion(ldm_run, ae.latent_shape)) == {META}
+    assert module_devices(ddmi.runs.load_diffusion(ldm_run, ae.latent_shape)) == {META}
 
 
 def test_a_process_takes_every_world_th_batch():
@@ -92,7 +92,7 @@ def test_a_process_takes_every_world_th_batch():
 def _record_placements(monkeypatch) -> list:
     """Wrap the loaders and the Inception network: each records what it was put on."""
     seen = []
-    real_ae, real_diffusion = ddmi.api.load_autoencoder, ddmi.ldm.load_diffusion
+    real_ae, real_diffusion = ddmi.runs.load_autoencoder, ddmi.runs.load_diffusion
 
     def load_autoencoder(*args, **kwargs):
         ae = real_ae(*args, **kwargs)
@@ -118,15 +118,17 @@ def _record_placements(monkeypatch) -> list:
             x = images.float()
             return torch.cat([x.mean((2, 3)), x.std((2, 3)), x[:, :, ::4, ::4].flatten(1)], 1).double().cpu().numpy()
 
-    monkeypatch.setattr(ddmi.api, "load_autoencoder", load_autoencoder)
-    monkeypatch.setattr(ddmi.ldm, "load_diffusion", load_diffusion)
+    for module in ("ddmi.commands.evaluate", "ddmi.commands.sample"):   # where the commands call them
+        monkeypatch.setattr(f"{module}.load_autoencoder", load_autoencoder)
+    monkeypatch.setattr("ddmi.commands.evaluate.load_diffusion", load_diffusion)
+    monkeypatch.setattr("ddmi.commands.sample.load_diffusion", load_diffusion)
     monkeypatch.setattr(ddmi.metrics.inception, "InceptionFeatures", Features)
     monkeypatch.setattr(devices, "default_device", lambda: META)   # a forgotten device= lands here
     return seen
 
 
 def test_evaluation_puts_every_model_and_batch_on_the_requested_device(ldm_run, tmp_path, monkeypatch):
-    from ddmi.evaluate import evaluate_run
+    from ddmi.commands.evaluate import evaluate_run
     run = tmp_path / "run"
     shutil.copytree(ldm_run, run, ignore=shutil.ignore_patterns("eval"))
     seen = _record_placements(monkeypatch)
@@ -140,8 +142,6 @@ def test_evaluation_puts_every_model_and_batch_on_the_requested_device(ldm_run, 
 
 def test_sample_command_runs_on_the_requested_device(ldm_run, tmp_path, monkeypatch):
     seen = _record_placements(monkeypatch)
-    monkeypatch.setattr("ddmi.stage2.load_autoencoder", ddmi.api.load_autoencoder)
-    monkeypatch.setattr("ddmi.stage2.load_diffusion", ddmi.ldm.load_diffusion)
     assert main(["sample", str(ldm_run), "--num", "2", "--steps", "2", "--out", str(tmp_path),
                  "--device", "cpu"]) == 0
     assert len(list(tmp_path.glob("sample_*.png"))) == 2

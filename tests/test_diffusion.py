@@ -170,7 +170,7 @@ def test_per_channel_standardisation_round_trips():
 def test_measured_latent_stats_standardise_each_channel(tmp_path):
     import numpy as np
 
-    from ddmi.stage2 import LatentCache, measure_latent_stats
+    from ddmi.training.ldm_task import LatentCache, measure_latent_stats
 
     # (N, views, [mean, std], C, h, w): channel 1 is 10x wider and shifted
     stats = torch.zeros(500, 1, 2, 2, 4, 4)

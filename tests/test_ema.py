@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ddmi.ema import EMA
+from ddmi.training.ema import EMA
 
 
 class Scalar(nn.Module):

@@ -33,7 +33,7 @@ def test_chunked_query_equals_one_pass_and_slicing():
 def test_streamed_image_render_equals_one_query_of_the_whole_grid():
     """render_image makes each chunk's coordinates itself (whole rows, the last block short) and
     writes into one output: it must equal querying the full pixel-centre grid at once."""
-    from ddmi.domains.image import render_image, scale_injection
+    from ddmi.domains.image.pixels import render_image, scale_injection
     torch.manual_seed(0)
     mlp = ImageMLP(ImageMLPSpec(plane_channels=8, num_scales=2, hidden=32, scale_embed_dim=16))
     planes = [torch.randn(2, 8, 4, 4), torch.randn(2, 8, 8, 8)]

@@ -7,10 +7,11 @@ from safetensors.torch import load_file
 from ddmi import checkpoint as ckpt
 from ddmi.cli import main
 from ddmi.config import load_config
-from ddmi.gan import phase, with_scale_channel
+from ddmi.training.adversarial import phase
+from ddmi.nn.discriminator import with_scale_channel
 from ddmi.losses.adversarial import feature_matching_loss, generator_loss, hinge_d_loss
 from ddmi.models import parameter_counts
-from ddmi.nn.discriminator import PatchDiscriminator
+from ddmi.nn.discriminator import PatchDiscriminator, ScaleConditionedDiscriminator
 
 GAN = ["gan.disc_channels=8", "gan.disc_layers=2", "train.batch_size=4", "train.save_every=2",
        "train.sample_every=0", "--no-progress"]
@@ -93,12 +94,12 @@ def test_init_from_the_wrong_kind_of_run_is_refused(tmp_path, tiny_overrides, ld
 
 
 def test_each_phase_sends_gradients_to_its_own_network_only(tiny_overrides):
-    from ddmi.gan import AdversarialForward
+    from ddmi.training.adversarial import AdversarialForward
     from ddmi.models import build_autoencoder
     cfg = load_config("image-tiny-gan", [o for o in tiny_overrides if not o.startswith("data.dir")] + GAN[:2])
     torch.manual_seed(0)
     ae = build_autoencoder(cfg)
-    disc = PatchDiscriminator(4, 8, 2)
+    disc = ScaleConditionedDiscriminator(8, 2)
     fwd = AdversarialForward(ae, disc, None, 1.0, cfg.gan)
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     rand = ae.random_inputs(torch.Generator().manual_seed(0), 2, hflip=True)

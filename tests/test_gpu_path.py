@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from ddmi import checkpoint as ckpt
 from ddmi.config import load_config
 from ddmi.errors import DDMIError
-from ddmi.train import Task, train
+from ddmi.training.trainer import Task, train
 
 
 def _placed_off(task, device: str) -> list[str]:
@@ -34,7 +34,7 @@ def _placed_off(task, device: str) -> list[str]:
 
 
 def test_ldm_task_moves_ema_vae_and_probes_with_one_call(ldm_run):
-    from ddmi.stage2 import LDMTask
+    from ddmi.training.ldm_task import LDMTask
     task = LDMTask(ckpt.load_run_config(ldm_run), ldm_run, log=lambda m: None)
     assert {"ema", "ae", "module", "fixed_noise", "probe_z0"} <= set(vars(task))
     task.to("meta")
@@ -43,7 +43,7 @@ def test_ldm_task_moves_ema_vae_and_probes_with_one_call(ldm_run):
 
 @pytest.mark.parametrize("gan", [False, True])
 def test_vae_task_moves_module_and_previews_with_one_call(tiny_overrides, gan):
-    from ddmi.stage1 import make_vae_task
+    from ddmi.training.tasks import make_vae_task
     preset = "image-tiny-gan" if gan else "image-tiny"
     task = make_vae_task(load_config(preset, tiny_overrides), log=lambda m: None)
     task.to("meta")
@@ -152,7 +152,7 @@ def test_bf16_autocast_keeps_fp32_master_weights(tmp_path):
 
 def test_channels_last_trains_the_same_function(tmp_path):
     """The memory-format switch changes the layout, not the numbers (within fp32 rounding)."""
-    from ddmi.stage1 import make_vae_task
+    from ddmi.training.tasks import make_vae_task
     from conftest import TINY_IMAGE
     from ddmi.data.synthetic import synth_images
     synth_images(tmp_path / "d", num=8, resolution=16, seed=0)
@@ -189,9 +189,9 @@ def _in_memory_stats(ae, items, batch_size) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_latent_cache_is_a_file_in_the_run_equal_to_the_in_memory_encoding(tmp_path, vae_run, image_data, dtype):
-    from ddmi.api import load_autoencoder
+    from ddmi.runs import load_autoencoder
     from ddmi.data.images import ImageFolderDataset
-    from ddmi.stage2 import build_latent_cache
+    from ddmi.training.ldm_task import build_latent_cache
     ae = load_autoencoder(vae_run)
     items = ImageFolderDataset(image_data, resolution=16)
     cache = build_latent_cache(ae, items, tmp_path / "latent-cache", signature={"vae": "a"}, dtype=dtype,
@@ -207,9 +207,9 @@ def test_latent_cache_is_a_file_in_the_run_equal_to_the_in_memory_encoding(tmp_p
 
 
 def test_latent_cache_is_reused_on_resume_and_rebuilt_when_stale(tmp_path, vae_run, image_data, monkeypatch):
-    from ddmi.api import load_autoencoder
+    from ddmi.runs import load_autoencoder
     from ddmi.data.images import ImageFolderDataset
-    from ddmi.stage2 import build_latent_cache
+    from ddmi.training.ldm_task import build_latent_cache
     ae = load_autoencoder(vae_run)
     items = ImageFolderDataset(image_data, resolution=16)
     calls = {"n": 0}
@@ -239,10 +239,10 @@ def test_ldm_run_keeps_its_latent_cache_in_the_run_folder(ldm_run):
 
 
 def test_point_cloud_draws_are_distinct_views_of_the_cache(tmp_path):
-    from ddmi.data.synthetic import synth_shapes
+    from ddmi.data.synthetic_shapes import synth_shapes
     from ddmi.data.shapes import ShapesDataset
     from ddmi.models import build_autoencoder
-    from ddmi.stage2 import build_latent_cache
+    from ddmi.training.ldm_task import build_latent_cache
     from test_occupancy_runs import FAST
     synth_shapes(tmp_path / "s", num=3, seed=0, num_points=600, num_surface=600)
     cfg = load_config("shapes-tiny", FAST[:-1] + [f"data.dir={tmp_path / 's'}"])
@@ -258,7 +258,7 @@ def test_point_cloud_draws_are_distinct_views_of_the_cache(tmp_path):
 
 def test_shape_dataset_memory_is_capped(tmp_path):
     from ddmi.data.shapes import ShapesDataset
-    from ddmi.data.synthetic import synth_shapes
+    from ddmi.data.synthetic_shapes import synth_shapes
     synth_shapes(tmp_path / "s", num=4, seed=0, num_points=500, num_surface=500)
     one = sum(a.nbytes for a in ShapesDataset(tmp_path / "s")._read(0))
     capped = ShapesDataset(tmp_path / "s", cache_bytes=int(1.5 * one))

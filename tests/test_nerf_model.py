@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from ddmi.config import load_config
 from ddmi.errors import ConfigError
 from ddmi.models import build_autoencoder, parameter_counts
-from ddmi.nerf_model import NeRFMLP, positional_encoding
-from ddmi.triplane import cell_index
+from ddmi.domains.nerf.model import NeRFMLP, positional_encoding
+from ddmi.vae.triplane_coords import cell_index
 
 
 def test_srn_cars_parameter_counts():
@@ -82,7 +82,7 @@ def test_batches_of_several_objects(tmp_path):
     cfg = load_config("nerf-tiny", ["loss.sn_reg=false", "nerf.num_rays=16", "nerf.num_samples=8"])
     ae = build_autoencoder(cfg).eval()
     z = torch.randn(2, *ae.latent_shape)
-    from ddmi.domains.nerf import render_latents
+    from ddmi.domains.nerf.outputs import render_latents
     from ddmi.render.volume import turntable_poses
     poses = turntable_poses(2, radius=3.2, elevation=0.3)
     both = render_latents(ae, z, poses, 8)

@@ -12,7 +12,7 @@ from ddmi.cli import main
 from ddmi.config import load_config
 from ddmi.data.srn import NeRFDataset, write_scene
 from ddmi.data.synthetic_nerf import render_synthetic_car
-from ddmi.domains.nerf import render_latents
+from ddmi.domains.nerf.outputs import render_latents
 from ddmi.metrics.image_quality import psnr
 from ddmi.models import build_autoencoder
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ddmi.data.shapes import ShapesDataset, find_models, read_points_npz, read_pointcloud_npz, split_item
-from ddmi.data.synthetic import synth_shapes
+from ddmi.data.synthetic_shapes import synth_shapes
 from ddmi.data.synthetic_shapes import (CATEGORIES, _box, _cyl, occupancy, random_shape,
                                         render_synthetic_shape, sample_surface)
 from ddmi.errors import DataError
@@ -137,7 +137,7 @@ def test_primitives_inside_tests():
 
 def test_positional_sampler_gives_the_dataset_its_training_position():
     """Shape items draw their points from (seed, index, position): resumable and worker-proof."""
-    from ddmi.train import StepBatchSampler
+    from ddmi.training.trainer import StepBatchSampler
     kw = dict(seed=0, batch_size=2, grad_accum=2, rank=0, world=1, start_step=1, steps=3)
     plain = list(StepBatchSampler(5, **kw))
     pos = list(StepBatchSampler(5, positional=True, **kw))

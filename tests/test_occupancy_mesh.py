@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddmi.domains.occupancy import extract_meshes, field_volume, mesh_point_clouds, shape_metrics
+from ddmi.domains.occupancy.meshes import extract_meshes, field_volume, mesh_point_clouds, shape_metrics
 from ddmi.fields import Field
 from ddmi.render.mesh import (is_watertight, marching_cubes, mesh_volume, preview, read_ply, render_mesh,
                               write_obj, write_ply)

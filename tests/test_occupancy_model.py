@@ -9,7 +9,7 @@ from ddmi.config import load_config
 from occupancy_fixtures import shape_data, shape_items  # noqa: F401 (fixtures)
 from ddmi.models import build_autoencoder, parameter_counts
 from ddmi.nn.pointnet import LocalPoolPointNet
-from ddmi.triplane import PLANE_AXES, PLANES, cell_index, normalize_points, sample_triplane
+from ddmi.vae.triplane_coords import PLANE_AXES, PLANES, cell_index, normalize_points, sample_triplane
 
 
 def test_shapenet_parameter_counts():

@@ -8,9 +8,9 @@ from ddmi.cli import main
 from ddmi.config import load_config
 from occupancy_fixtures import shape_data  # noqa: F401 (fixture)
 from ddmi.data.shapes import ShapesDataset, split_item
-from ddmi.data.synthetic import synth_shapes
+from ddmi.data.synthetic_shapes import synth_shapes
 from ddmi.data.synthetic_shapes import occupancy, synthetic_shape_parts
-from ddmi.domains.occupancy import field_volume
+from ddmi.domains.occupancy.meshes import field_volume
 from ddmi.models import build_autoencoder
 from ddmi.render.mesh import is_watertight, read_ply
 

@@ -105,7 +105,7 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_overrides):
 
 
 def test_nan_loss_stops_with_the_remedy_and_writes_no_nan_weights(tmp_path, tiny_overrides, monkeypatch, capsys):
-    from ddmi import stage1
+    from ddmi.training import vae_task as stage1
 
     real_forward = stage1._Forward.forward
     calls = {"n": 0}

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ddmi.config import load_config
 from ddmi.data.images import ImageFolderDataset
-from ddmi.domains.image import training_views
+from ddmi.domains.image.pixels import training_views
 from ddmi.models import build_autoencoder
 
 

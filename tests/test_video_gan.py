@@ -89,12 +89,13 @@ def test_gan_is_refused_for_occupancy_and_nerf():
 
 
 def test_each_phase_sends_gradients_to_its_own_network_only():
-    from ddmi.gan import VideoAdversarialForward, build_discriminator
+    from ddmi.training.adversarial import AdversarialForward
+    from ddmi.models import build_discriminator
     from ddmi.models import build_autoencoder
     cfg = load_config("video-tiny-gan", [o for o in FAST + GAN if not o.startswith("--")])
     torch.manual_seed(0)
     ae, disc = build_autoencoder(cfg), build_discriminator(cfg)
-    fwd = VideoAdversarialForward(ae, disc, None, 1.0, cfg.gan)
+    fwd = AdversarialForward(ae, disc, None, 1.0, cfg.gan)
     clips = torch.rand(2, 3, 8, 32, 32) * 2 - 1
     rand = ae.random_inputs(torch.Generator().manual_seed(0), 2, hflip=True)
     for name, owners, other in (("generator", [ae], disc), ("discriminator", [disc.frame, disc.clip], ae)):

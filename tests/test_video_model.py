@@ -6,10 +6,10 @@ import torch
 
 from ddmi.config import load_config
 from ddmi.fields import Field
-from ddmi.ldm import build_denoiser
+from ddmi.models import build_denoiser
 from ddmi.models import build_autoencoder, parameter_counts
-from ddmi.video_model import (VideoMLP, clip_coords, flatten_planes, plane_features, render_clip,
-                              split_planes, video_psnr)
+from ddmi.domains.video.model import VideoMLP, clip_coords, plane_features, render_clip, video_psnr
+from ddmi.vae.spacetime import flatten_planes, split_planes
 
 C, T, R = 4, 8, 16
 

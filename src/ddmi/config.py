@@ -19,10 +19,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ConfigError
+from ddmi import domains
+from ddmi.errors import ConfigError
 
-DOMAINS = ("image", "occupancy", "nerf", "video")
-GAN_DOMAINS = ("image", "video")
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp2m")
 
 
@@ -328,6 +327,10 @@ def load_config(source: str | dict, overrides: list[str] | dict | None = None) -
     return cfg
 
 
+def adversarial_domains() -> list[str]:
+    return [n for n in domains.names() if domains.get(n).adversarial]
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject nonsense values before any work starts."""
 
@@ -335,7 +338,10 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(f"bad value for config key '{key}': {why}")
 
-    check(cfg.domain in DOMAINS, "domain", f"'{cfg.domain}' is not one of {', '.join(DOMAINS)}")
+    try:
+        domain = domains.get(cfg.domain)
+    except ConfigError as exc:
+        raise ConfigError(f"bad value for config key 'domain': {exc}") from None
     f = 2 ** (len(cfg.vae.ch_mult) - 1)
     check(len(cfg.vae.ch_mult) >= 1, "vae.ch_mult", "needs at least one level")
     check(cfg.data.resolution > 0 and cfg.data.resolution % f == 0, "data.resolution",
@@ -349,46 +355,7 @@ def validate(cfg: DictConfig) -> None:
         check(r in valid_res, "vae.inter_attn_resolutions",
               f"{r} is not a resolution of the encoder (choose from {sorted(valid_res)})")
     check(cfg.vae.plane_channels > 0 and cfg.vae.ch > 0, "vae.ch", "must be positive")
-    if cfg.domain == "occupancy":
-        sc = cfg.shapes
-        check(sc.num_points > 0, "shapes.num_points", "must be > 0")
-        check(sc.num_queries > 0, "shapes.num_queries", "must be > 0")
-        check(sc.point_noise >= 0, "shapes.point_noise", "must be >= 0")
-        check(sc.padding >= 0, "shapes.padding", "must be >= 0")
-        check(0 < sc.threshold < 1, "shapes.threshold", "must be a probability in (0, 1)")
-        check(sc.pointnet_blocks >= 1 and sc.pointnet_hidden > 0 and sc.pointnet_channels > 0,
-              "shapes.pointnet_blocks", "PointNet sizes must be positive")
-    if cfg.domain == "nerf":
-        nc = cfg.nerf
-        check(nc.num_points > 0, "nerf.num_points", "must be > 0")
-        check(nc.num_rays > 0 and nc.ray_views > 0, "nerf.num_rays", "num_rays and ray_views must be > 0")
-        check(0 < nc.near < nc.far, "nerf.near", f"need 0 < near < far, got {nc.near}, {nc.far}")
-        check(nc.num_samples >= 2 and nc.render_samples >= 2, "nerf.num_samples", "need >= 2 samples per ray")
-        check(nc.num_importance >= 0, "nerf.num_importance", "must be >= 0")
-        check(nc.half_extent > 0 and nc.points_scale > 0, "nerf.half_extent", "half_extent and points_scale must be > 0")
-        check(nc.fov is None or 0 < nc.fov < 3.14, "nerf.fov", "must be in (0, pi) radians")
-        check(0 <= nc.val_fraction < 1, "nerf.val_fraction", "must be in [0, 1)")
-        check(nc.render_chunk > 0 and nc.turntable_frames > 0, "nerf.render_chunk", "must be > 0")
-        check(nc.mlp_depth >= 1 and all(0 < k < nc.mlp_depth for k in nc.skips), "nerf.skips",
-              f"skip layers must be in 1..{nc.mlp_depth - 1}")
-        check(nc.multires >= 0 and nc.multires_views >= 0, "nerf.multires", "must be >= 0")
-        check(nc.rgb_weight > 0, "nerf.rgb_weight", "must be > 0")
-        check(nc.point_rgb_weight >= 0, "nerf.point_rgb_weight", "must be >= 0")
-        check(-30 <= nc.posterior_logvar_init <= 20, "nerf.posterior_logvar_init", "must be in [-30, 20]")
-        check(nc.pointnet_blocks >= 1 and nc.pointnet_hidden > 0 and nc.pointnet_channels > 0,
-              "nerf.pointnet_blocks", "PointNet sizes must be positive")
-    if cfg.domain == "video":
-        vc = cfg.video
-        check(vc.frames >= 1, "video.frames", "must be >= 1")
-        check(vc.fps >= 1, "video.fps", "must be >= 1")
-        check(vc.enc_head_dim % 4 == 0, "video.enc_head_dim", "must be a multiple of 4 (axial rotary embedding)")
-        for key in ("enc_dim", "enc_depth", "enc_heads", "collapse_depth", "collapse_heads",
-                    "collapse_head_dim", "collapse_mlp", "cross_heads", "unet_cross_heads", "enc_ff_mult"):
-            check(vc[key] >= 1, f"video.{key}", "must be >= 1")
-        uf = 2 ** (len(cfg.ldm.unet.channel_mult) - 1)
-        check(vc.frames % uf == 0 and (cfg.data.resolution // f) % uf == 0, "ldm.unet.channel_mult",
-              f"the tri-plane UNet downsamples by {uf}: video.frames ({vc.frames}) and the latent size "
-              f"({cfg.data.resolution // f}) must be multiples of it")
+    domain.validate(cfg, check)
     for section in ("train", "ldm_train"):
         t = cfg[section]
         check(t.steps > 0, f"{section}.steps", "must be > 0")
@@ -415,11 +382,11 @@ def validate(cfg: DictConfig) -> None:
     check(cfg.ldm.latent_cache_dtype in ("float16", "float32"), "ldm.latent_cache_dtype",
           "must be float16 or float32")
     check(cfg.ldm.point_draws >= 1, "ldm.point_draws", "must be >= 1")
-    check(cfg.ldm.point_draws == 1 or cfg.domain in ("occupancy", "nerf"), "ldm.point_draws",
+    check(cfg.ldm.point_draws == 1 or domain.point_clouds, "ldm.point_draws",
           f"point-cloud draws apply to the occupancy and nerf domains, not {cfg.domain}: set it to 1")
     g = cfg.gan
-    check(not g.enabled or cfg.domain in GAN_DOMAINS, "gan.enabled",
-          f"adversarial fine-tuning is available for the {' and '.join(GAN_DOMAINS)} domains only, "
+    check(not g.enabled or domain.adversarial, "gan.enabled",
+          f"adversarial fine-tuning is available for the {' and '.join(adversarial_domains())} domains only, "
           f"not {cfg.domain}: set gan.enabled=false")
     check(g.disc_weight >= 0 and g.feature_weight >= 0, "gan.disc_weight", "weights must be >= 0")
     check(g.generator_factor >= 0, "gan.generator_factor", "must be >= 0")

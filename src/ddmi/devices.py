@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from ddmi.errors import ConfigError
 
 _HINT = "a torch device such as cpu, cuda or cuda:1"
 

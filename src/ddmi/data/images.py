@@ -31,6 +31,7 @@ from typing import Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps
 
 from ddmi.errors import ConfigError, DataError
@@ -466,3 +467,11 @@ def save_grid(
     See :func:`make_grid` for the layout and :func:`save_image` for the file.
     """
     return save_image(make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value), path)
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased bilinear resize of ``(B, C, H, W)`` to ``size x size``, clamped to [-1, 1]."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    out = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.clamp(-1.0, 1.0)

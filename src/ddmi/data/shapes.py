@@ -19,7 +19,7 @@ points drawn uniformly with replacement, jittered by ``1e-4 N(0, 1)`` to break t
 
 Randomness: item ``i`` drawn at global position ``pos`` of the training order uses a generator
 seeded with ``(seed, i, pos)``, so training is exactly reproducible and resumable whatever the
-number of worker processes (see ``ddmi.train.StepBatchSampler(positional=True)``); indexing with a
+number of worker processes (see ``ddmi.training.trainer.StepBatchSampler(positional=True)``); indexing with a
 plain ``i`` gives one fixed draw per item (for caches and previews).
 """
 
@@ -34,9 +34,9 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
-from ..errors import DataError
-from .cache import DEFAULT_BYTES, BoundedCache
-from .npz import load_npz
+from ddmi.errors import DataError
+from ddmi.data.cache import DEFAULT_BYTES, BoundedCache
+from ddmi.data.npz import load_npz
 
 PathLike = Union[str, os.PathLike]
 SPLITS = ("train", "val", "test")

@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
-from .cache import BoundedCache
-from .npz import load_npz
-from ..render.volume import SRN_FOV, focal_from_fov
+from ddmi.errors import DataError
+from ddmi.data.cache import BoundedCache
+from ddmi.data.npz import load_npz
+from ddmi.render.volume import SRN_FOV, focal_from_fov
 
 PathLike = Union[str, os.PathLike]
 SPLITS = ("train", "val")
@@ -207,7 +207,7 @@ class NeRFDataset(Dataset):
             flat = rng.choice(len(chosen) * h * w, self.num_rays, replace=self.num_rays > len(chosen) * h * w)
             view = chosen[flat // (h * w)]
             row, col = (flat % (h * w)) // w, flat % w
-            from ..render.volume import pixel_rays
+            from ddmi.render.volume import pixel_rays
             o, d = pixel_rays(torch.from_numpy(s["poses"][view]), torch.from_numpy(row).float(),
                               torch.from_numpy(col).float(), h, w, focal_from_fov(w, self.fov))
             rays = out[self.num_points:]

@@ -342,11 +342,3 @@ def synth_images(
             image = render_synthetic_image(_item_rng(seed, split, i), resolution, style)
             written.append(save_image(image, folder / name))
     return written
-
-
-def synth_shapes(out_dir: PathLike, *, num: int, seed: int, overwrite: bool = False, split_test: int = 0,
-                 num_points: int = 100_000, num_surface: int = 100_000) -> list[Path]:
-    """3-D shapes in the ONet ShapeNet layout: see :func:`ddmi.data.synthetic_shapes.synth_shapes`."""
-    from ddmi.data.synthetic_shapes import synth_shapes as _synth_shapes
-    return _synth_shapes(out_dir, num=num, seed=seed, overwrite=overwrite, split_test=split_test,
-                         num_points=num_points, num_surface=num_surface)

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..render.volume import SRN_FOV, camera_rays, focal_from_fov, orbit_pose
-from .srn import write_scene
-from .synthetic_shapes import BOX, Primitive, _box, _cyl, normalize_parts, sample_surface
+from ddmi.render.volume import SRN_FOV, camera_rays, focal_from_fov, orbit_pose
+from ddmi.data.srn import write_scene
+from ddmi.data.synthetic_shapes import BOX, Primitive, _box, _cyl, normalize_parts, sample_surface
 
 LIGHT = np.array([0.45, 0.8, 0.4]) / np.linalg.norm([0.45, 0.8, 0.4])
 
@@ -147,8 +147,8 @@ def synth_nerf(out_dir, *, num: int, seed: int, overwrite: bool = False, split_t
     """Write ``num`` training (+ ``split_test`` validation) cars in the srn-cars layout:
     ``out_dir/cars/sampled/synth<i>.npz`` (``synth_t<i>`` for validation), ``cars/train.lst``,
     ``cars/val.lst``. Returns the written ``.npz`` paths, training objects first."""
-    from ..checkpoint import atomic_write_text
-    from .synthetic import _check_int, _item_rng, _prepare_out_dir, _remove_stale
+    from ddmi.files import atomic_write_text
+    from ddmi.data.synthetic import _check_int, _item_rng, _prepare_out_dir, _remove_stale
 
     num = _check_int("num", num, 1)
     seed = _check_int("seed", seed, 0)

@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .shapes import write_pointcloud_npz, write_points_npz
+from ddmi.data.shapes import write_pointcloud_npz, write_points_npz
+from ddmi.data.synthetic import _check_int, _item_rng, _prepare_out_dir
+from ddmi.files import atomic_write_text
 
 # category name -> ShapeNet synset id (the ONet folder names)
 CATEGORIES = {"airplane": "02691156", "chair": "03001627", "table": "04379243"}
@@ -244,7 +246,6 @@ def synth_shapes(out_dir, *, num: int, seed: int, overwrite: bool = False, split
         DataError: ``out_dir`` is not empty (and ``overwrite`` is false) or is a file.
         ConfigError: an argument is invalid.
     """
-    from .synthetic import _check_int, _item_rng, _prepare_out_dir
 
     num = _check_int("num", num, 1)
     seed = _check_int("seed", seed, 0)
@@ -268,7 +269,6 @@ def synth_shapes(out_dir, *, num: int, seed: int, overwrite: bool = False, split
                 for entry in folder.iterdir():
                     if entry.is_dir() and pattern.fullmatch(entry.name) and entry.name not in keep:
                         shutil.rmtree(entry)
-    from ..checkpoint import atomic_write_text
     meta = {CATEGORIES[c]: {"id": CATEGORIES[c], "name": c} for c in names}
     atomic_write_text(out / "metadata.yaml", yaml.safe_dump(meta, sort_keys=True))
     for cat in names:
@@ -290,5 +290,4 @@ def synth_shapes(out_dir, *, num: int, seed: int, overwrite: bool = False, split
 def synthetic_shape_parts(seed: int, split: str, index: int) -> list[Primitive]:
     """The primitives of item ``index`` of ``split`` written by :func:`synth_shapes` with ``seed``
     (for exact ground truth at any resolution, e.g. IoU on a grid)."""
-    from .synthetic import _item_rng
     return random_shape(_item_rng(seed, split, index), list(CATEGORIES)[index % 3])

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import save_image
-from .synthetic import (PathLike, _check_int, _draw_shape, _edge_coverage, _hsv, _item_rng,
+from ddmi.data.images import save_image
+from ddmi.data.synthetic import (PathLike, _check_int, _draw_shape, _edge_coverage, _hsv, _item_rng,
                         _prepare_out_dir, _remove_stale, _rotate, _shape_sdf, _stripes)
 
 __all__ = ["render_synthetic_video", "synth_videos"]

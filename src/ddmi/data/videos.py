@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError, MissingDependencyError
-from .images import IMAGE_EXTENSIONS, _center_crop_resize, _load_rgb, read_skipping_bad
+from ddmi.errors import DataError, MissingDependencyError
+from ddmi.data.images import IMAGE_EXTENSIONS, _center_crop_resize, _load_rgb, read_skipping_bad
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]

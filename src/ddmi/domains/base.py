@@ -48,6 +48,10 @@ class Domain:
     default_metrics: dict[str, tuple[str, ...]] = {}
     #: whether stage 1 can be fine-tuned adversarially (``gan.enabled``)
     adversarial: bool = False
+    #: whether items are point clouds whose draws stage 2 may vary (``ldm.point_draws``)
+    point_clouds: bool = False
+    #: appended to "no training data: set data.dir=FOLDER"
+    data_hint: str = ""
 
     # --- configuration -------------------------------------------------------------------
     def validate(self, cfg: DictConfig, check: Callable[[bool, str, str], None]) -> None:
@@ -59,7 +63,7 @@ class Domain:
 
     def build_denoiser(self, cfg: DictConfig, latent_shape: tuple[int, ...]) -> nn.Module:
         """The stage-2 denoiser of latents ``latent_shape``: an ADM UNet over the latent grid."""
-        from ..nn.unet import UNet
+        from ddmi.nn.unet import UNet
         return UNet(**unet_arguments(cfg, latent_shape))
 
     def build_discriminator(self, cfg: DictConfig) -> nn.Module:

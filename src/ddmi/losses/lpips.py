@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, MissingDependencyError
+from ddmi.errors import CheckpointError, MissingDependencyError
 
 __all__ = ["LPIPS", "load_lpips", "VGG16_CFG", "SLICE_ENDS", "HEAD_CHANNELS"]
 
@@ -201,7 +201,7 @@ class LPIPS(nn.Module):
         """Write backbone + heads as one safetensors file (atomically), readable by :meth:`from_file`."""
         from safetensors.torch import save
 
-        from ..checkpoint import atomic_write_bytes
+        from ddmi.files import atomic_write_bytes
 
         sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
         atomic_write_bytes(Path(path), save(sd, metadata={"format": _FORMAT}))

@@ -72,6 +72,25 @@ class PatchDiscriminator(nn.Module):
         return self.head(x), feats
 
 
+def with_scale_channel(images: torch.Tensor, si: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)``, ``si (B,)`` -> ``(B, 4, H, W)`` with ``si`` as a constant 4th channel."""
+    b, _, h, w = images.shape
+    return torch.cat([images, si.to(images.dtype)[:, None, None, None].expand(b, 1, h, w)], dim=1)
+
+
+class ScaleConditionedDiscriminator(PatchDiscriminator):
+    """The image critic: a 2-D PatchGAN on RGB + the scale injection ``si`` as a 4th channel.
+    ``forward(images (B, 3, H, W), si (B,)) -> ([logits], features)`` (same weights and keys as
+    :class:`PatchDiscriminator` with 4 input channels)."""
+
+    def __init__(self, channels: int = 64, layers: int = 3):
+        super().__init__(4, channels, layers)
+
+    def forward(self, images: torch.Tensor, si: torch.Tensor):
+        logits, feats = super().forward(with_scale_channel(images, si))
+        return [logits], feats
+
+
 class PatchDiscriminator3D(PatchDiscriminator):
     """The 3-D PatchGAN on clips (:class:`PatchDiscriminator` with ``dims=3``)."""
 

@@ -1,8 +1,8 @@
 """PointNet with local pooling into three planes (ConvONet ``pointnet_local_pool``, spec 3.2).
 
 Written with ``Tensor.scatter_reduce`` (no torch-scatter). Points are given in the normalised
-tri-plane frame ``u`` in ``[-1, 1]^3`` (:mod:`ddmi.triplane`), and features are pooled into and
-written to the plane cells of :func:`ddmi.triplane.cell_index`, the cells the MLP later reads.
+tri-plane frame ``u`` in ``[-1, 1]^3`` (:mod:`ddmi.vae.triplane_coords`), and features are pooled into and
+written to the plane cells of :func:`ddmi.vae.triplane_coords.cell_index`, the cells the MLP later reads.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..triplane import cell_index
+from ddmi.vae.triplane_coords import cell_index
 
 
 class ResnetBlockFC(nn.Module):

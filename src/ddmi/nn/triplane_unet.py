@@ -1,11 +1,11 @@
 """The tri-plane UNet denoiser of the video LDM (spec 5.2, ``UNetModel_Triplane``).
 
 The latent ``(B, C, N)`` holds three planes flattened row-major and concatenated on the token axis
-(``[xy | xt | yt]``, shapes ``plane_shapes``; see :mod:`ddmi.video_model`). Every input, middle
+(``[xy | xt | yt]``, shapes ``plane_shapes``; see :mod:`ddmi.domains.video.model`). Every input, middle
 and output block of one ADM UNet (:class:`ddmi.nn.unet.UNet`) is applied to each plane with
 **shared weights** (the time planes are down/upsampled on both axes like the xy plane); after
 each block the three planes are flattened, concatenated and mixed by a 1-D multi-head
-self-attention over all their tokens (:class:`ddmi.video_model.CrossPlaneAttention`: GroupNorm
+self-attention over all their tokens (:class:`ddmi.vae.spacetime.CrossPlaneAttention`: GroupNorm
 pre-norm, residual, zero-initialised output), then split back.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .unet import UNet, timestep_embedding
+from ddmi.nn.unet import UNet, timestep_embedding
 
 
 class TriplaneUNet(UNet):
@@ -24,7 +24,7 @@ class TriplaneUNet(UNet):
 
     def __init__(self, *, plane_shapes: Sequence[tuple[int, int]], cross_heads: int = 16, **unet_kwargs):
         super().__init__(**unet_kwargs)
-        from ..video_model import CrossPlaneAttention
+        from ddmi.vae.spacetime import CrossPlaneAttention
         self.plane_shapes = [tuple(s) for s in plane_shapes]
         factor = 2 ** (len(self.channel_mult) - 1)
         for r, c in self.plane_shapes:
@@ -47,7 +47,7 @@ class TriplaneUNet(UNet):
         self.output_cross = nn.ModuleList([cross(ch) for ch in out_widths])
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        from ..video_model import flatten_planes, split_planes
+        from ddmi.vae.spacetime import flatten_planes, split_planes
         assert x.ndim == 3 and x.shape[1] == self.in_channels, (
             f"expected x of shape (B, {self.in_channels}, N), got {tuple(x.shape)}")
         if t.ndim == 0:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingDependencyError
+from ddmi.errors import MissingDependencyError
 
 
 def marching_cubes(volume: np.ndarray, level: float, *, lo: float = -0.5, hi: float = 0.5
@@ -94,7 +94,7 @@ def sample_mesh_surface(verts: np.ndarray, faces: np.ndarray, n: int, rng: np.ra
 
 
 def _atomic(path: Path, data: bytes) -> Path:
-    from ..checkpoint import atomic_write_bytes
+    from ddmi.files import atomic_write_bytes
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.images import save_grid, save_image
-from ..errors import MissingDependencyError
+from ddmi.data.images import save_grid, save_image
+from ddmi.errors import MissingDependencyError
 
 
 def clip_to_uint8(clip) -> np.ndarray:

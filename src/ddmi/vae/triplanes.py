@@ -1,6 +1,6 @@
 """The tri-plane D2C-VAE (occupancy / NeRF, spec 3.2) and the occupancy CFC MLP.
 
-Shapes (``f = 2 ** (len(ch_mult) - 1)``, plane order and layout of :mod:`ddmi.triplane`):
+Shapes (``f = 2 ** (len(ch_mult) - 1)``, plane order and layout of :mod:`ddmi.vae.triplane_coords`):
 
 - encoder input: three ``in_channels`` planes ``(B, 3, in_channels, R, R)`` (the PointNet's);
 - posterior mean / logvar: ``(B, 3 * embed_dim, R/f, R/f)``, the planes stacked on channels as
@@ -23,10 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
-from .nn.pointnet import ResnetBlockFC
-from .triplane import fold, sample_triplane, triplane_grid, unfold
-from .vae import ConvVAE, ConvVAESpec
+from ddmi.nn.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
+from ddmi.vae.triplane_coords import fold, unfold
+from ddmi.vae.planes import ConvVAE, ConvVAESpec
 
 
 @dataclass
@@ -160,30 +159,14 @@ class TriplaneVAE(ConvVAE):
     decoder_class = TriplaneDecoder
 
 
-class OccupancyMLP(nn.Module):
-    """CFC occupancy decoder (``MLP3D``): tri-plane HDBPE + coordinates -> occupancy logit.
-
-    ``f_k`` = the sum of the three plane samples at scale ``k`` (coarse to fine).
-    ``h = fc_p(u) + Res(C -> H)(f_0)``; ``h = Res(H + C -> H)([h, f_k])`` for the finer scales;
-    ``h = Res(H -> H)(h)``; ``logit = fc_out(relu(h))``. Res = :class:`ResnetBlockFC`.
-    """
-
-    def __init__(self, *, plane_channels: int, num_scales: int, hidden: int = 256):
-        super().__init__()
-        c, h = plane_channels, hidden
-        self.fc_p = nn.Linear(3, h)
-        self.blocks = nn.ModuleList([ResnetBlockFC(c, h)] + [ResnetBlockFC(h + c, h) for _ in range(num_scales - 1)])
-        self.final = ResnetBlockFC(h, h)
-        self.fc_out = nn.Linear(h, 1)
-
-    def forward(self, planes: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
-        """``planes``: coarse to fine ``(B, 3, C, h_k, w_k)``; ``coords (B, N, 3)`` normalised.
-
-        Returns the occupancy logits ``(B, N, 1)``."""
-        assert len(planes) == len(self.blocks), f"expected {len(self.blocks)} scales, got {len(planes)}"
-        h = self.fc_p(coords)
-        grid = triplane_grid(coords)
-        for k, (plane, block) in enumerate(zip(planes, self.blocks)):
-            f = sample_triplane(plane, grid=grid)
-            h = h + block(f) if k == 0 else block(torch.cat([h, f], dim=-1))
-        return self.fc_out(F.relu(self.final(h)))
+def triplane_spec(v, *, in_channels: int, resolution: int) -> TriplaneVAESpec:
+    """The tri-plane VAE of a config's ``vae`` section ``v``, for ``in_channels`` encoder input
+    channels (the PointNet's) at plane ``resolution``."""
+    return TriplaneVAESpec(
+        in_channels=in_channels, resolution=resolution, ch=v.ch,
+        ch_mult=tuple(v.ch_mult), num_res_blocks=v.num_res_blocks, z_channels=v.z_channels,
+        embed_dim=v.embed_dim, attn_resolutions=tuple(v.attn_resolutions),
+        hdbpe_resolutions=tuple(v.hdbpe_resolutions), plane_channels=v.plane_channels,
+        mid_attn_heads=v.mid_attn_heads, dropout=v.dropout,
+        inter_attn_resolutions=tuple(v.inter_attn_resolutions),
+    )

@@ -1,6 +1,6 @@
 """The NeRF domain: radiance fields -> rendered views, turntables (PNG frames + GIF), PSNR.
 
-A NeRF field (:meth:`ddmi.nerf_model.NeRFAutoencoder.decode`) is rendered from any camera with
+A NeRF field (:meth:`ddmi.domains.nerf.model.NeRFAutoencoder.decode`) is rendered from any camera with
 :mod:`ddmi.render.volume` in the world frame of the data (OpenGL camera-to-world poses, the
 srn-cars intrinsics scaled to the requested size: ``focal = 0.5 R / tan(0.5 fov)``, so any
 resolution ``R`` shows the same view). Turntables orbit the origin at ``nerf.turntable_radius``
@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ..errors import ConfigError, DataError, DDMIError
-from ..render.volume import SRN_FOV, focal_from_fov, render_views, turntable_poses
-from ..stage1 import VAETask, _Forward
+from ddmi.errors import DataError, DDMIError
+from ddmi.render.volume import SRN_FOV, focal_from_fov, render_views, turntable_poses
 
 
 def render_latents(ae, z: torch.Tensor, poses: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -47,7 +46,7 @@ def write_gif(path: Path, frames: np.ndarray, *, duration_ms: int = 80) -> Path:
     """An endlessly looping animated GIF of ``frames (N, H, W, 3)`` uint8, written atomically."""
     from PIL import Image
 
-    from ..checkpoint import atomic_write_bytes
+    from ddmi.files import atomic_write_bytes
     imgs = [Image.fromarray(f) for f in frames]
     buf = io.BytesIO()
     imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=duration_ms, loop=0)
@@ -58,7 +57,7 @@ def write_gif(path: Path, frames: np.ndarray, *, duration_ms: int = 80) -> Path:
 
 def sheet(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
     """Rows of ``(N, H, W, 3)`` uint8 tiles -> one white-padded contact sheet."""
-    from ..render.mesh import contact_sheet
+    from ddmi.render.mesh import contact_sheet
     ncol = max(len(r) for r in rows)
     tiles = []
     for r in rows:
@@ -67,7 +66,7 @@ def sheet(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
 
 
 def nerf_dataset(cfg: DictConfig, split: str = "train", *, num_rays: int | None = None, root=None):
-    from ..data.srn import NeRFDataset
+    from ddmi.data.srn import NeRFDataset
     nc = cfg.nerf
     return NeRFDataset(root or cfg.data.dir, split=split, category=nc.category, num_points=nc.num_points,
                        num_rays=nc.num_rays if num_rays is None else num_rays, ray_views=nc.ray_views,
@@ -90,63 +89,47 @@ def colour_notice(cfg: DictConfig) -> str | None:
             "See docs/nerf.md, 'Colour through the latent'.")
 
 
-class NeRFVAETask(VAETask):
-    """Stage 1 of the NeRF domain: srn-cars objects (``data.dir``), L1 over rays + KL + SN."""
-
-    def __init__(self, cfg: DictConfig, *, log=print):
-        from ..models import build_autoencoder
-        if cfg.data.dir is None:
-            raise ConfigError("no training data: set data.dir=FOLDER (srn-cars layout; see `ddmi synth nerf`)")
-        self.cfg = cfg
-        self.dataset = nerf_dataset(cfg, "train")
-        self.num_workers = cfg.data.num_workers
-        self.autoencoder = build_autoencoder(cfg)
-        self.module = _Forward(self.autoencoder, None, 1.0)
-        notice = colour_notice(cfg)
-        if notice:
-            log(notice)
-        try:   # held-out objects for the reconstruction previews, if there are any
-            self.preview_set = nerf_dataset(cfg, "val", num_rays=0, root=cfg.data.test_dir)
-        except DataError:
-            self.preview_set = nerf_dataset(cfg, "train", num_rays=0)
-
-    def _preview_views(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Preview object ``i``: 3 of its views (at most 64 px) rendered from its encoded point
-        cloud, and the ground truth: ``(pred, gt)``, each ``(3, 3, R, R)`` in [0, 1] on the CPU."""
-        ae = self.autoencoder
-        s = self.preview_set.scene(i)
-        views = np.linspace(0, len(s["poses"]) - 1, 3).round().astype(int)
-        res = min(64, s["images"].shape[1])
-        points = self.preview_set[i][None, :ae.num_points, :6].to(next(ae.parameters()).device)
-        pred = render_latents(ae, ae.encode(points).mode(), torch.from_numpy(s["poses"][views]), res)[0]
-        gt = torch.nn.functional.interpolate(torch.from_numpy(s["images"][views].astype(np.float32))
-                                             .permute(0, 3, 1, 2), size=(res, res), mode="area")
-        return pred.float().cpu().clamp(0, 1), gt
-
-    def write_samples(self, step: int, folder: Path) -> list[Path]:
-        """One row per held-out object (up to 4): 3 ground-truth views, then their renderings."""
-        from ..render.mesh import write_png
-        rows = []
-        for i in range(min(4, len(self.preview_set))):
-            pred, gt = self._preview_views(i)
-            rows.append(np.concatenate([to_uint8(gt), to_uint8(pred)]))
-        path = folder / f"recon-step{step:07d}.png"
-        return [write_png(path, sheet(rows))]
-
-    def evaluate(self) -> dict[str, float]:
-        """``psnr``: the preview renderings of :meth:`write_samples` against the ground truth, in dB."""
-        from ..metrics.image_quality import psnr
-        scores = [psnr(*self._preview_views(i), data_range=1.0) for i in range(min(4, len(self.preview_set)))]
-        return {"psnr": float(torch.cat(scores).mean())}
+def preview_objects(cfg: DictConfig):
+    """Held-out objects for the reconstruction previews, if there are any (else training ones)."""
+    try:
+        return nerf_dataset(cfg, "val", num_rays=0, root=cfg.data.test_dir)
+    except DataError:
+        return nerf_dataset(cfg, "train", num_rays=0)
 
 
-def make_nerf_vae_task(cfg: DictConfig, *, log=print) -> NeRFVAETask:
-    return NeRFVAETask(cfg, log=log)
+def _preview_views(ae, preview_set, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preview object ``i``: 3 of its views (at most 64 px) rendered from its encoded point
+    cloud, and the ground truth: ``(pred, gt)``, each ``(3, 3, R, R)`` in [0, 1] on the CPU."""
+    s = preview_set.scene(i)
+    views = np.linspace(0, len(s["poses"]) - 1, 3).round().astype(int)
+    res = min(64, s["images"].shape[1])
+    points = preview_set[i][None, :ae.num_points, :6].to(next(ae.parameters()).device)
+    pred = render_latents(ae, ae.encode(points).mode(), torch.from_numpy(s["poses"][views]), res)[0]
+    gt = torch.nn.functional.interpolate(torch.from_numpy(s["images"][views].astype(np.float32))
+                                         .permute(0, 3, 1, 2), size=(res, res), mode="area")
+    return pred.float().cpu().clamp(0, 1), gt
+
+
+def write_preview(ae, preview_set, path: Path) -> list[Path]:
+    """One row per held-out object (up to 4): 3 ground-truth views, then their renderings."""
+    from ddmi.render.mesh import write_png
+    rows = []
+    for i in range(min(4, len(preview_set))):
+        pred, gt = _preview_views(ae, preview_set, i)
+        rows.append(np.concatenate([to_uint8(gt), to_uint8(pred)]))
+    return [write_png(path, sheet(rows))]
+
+
+def probe(ae, preview_set) -> dict[str, float]:
+    """``psnr``: the preview renderings of :func:`write_preview` against the ground truth, in dB."""
+    from ddmi.metrics.image_quality import psnr
+    scores = [psnr(*_preview_views(ae, preview_set, i), data_range=1.0) for i in range(min(4, len(preview_set)))]
+    return {"psnr": float(torch.cat(scores).mean())}
 
 
 def ldm_sample_sheet(ae, z: torch.Tensor, path: Path) -> Path:
     """Stage-2 periodic samples: 4 turntable views of up to 8 samples, 32 px."""
-    from ..render.mesh import write_png
+    from ddmi.render.mesh import write_png
     imgs = render_latents(ae, z[:8], turntable(ae, 4), 32)
     return write_png(path, sheet([to_uint8(v) for v in imgs]))
 
@@ -155,58 +138,54 @@ def ldm_sample_sheet(ae, z: torch.Tensor, path: Path) -> Path:
 # commands
 
 
-def sample_nerf_command(args, ae, diffusion, cfg, log=print, shard=None) -> int:
-    """``ddmi sample`` for a NeRF run: per sample and resolution, a turntable of PNG frames and
-    an animated GIF, plus one sheet of every sample's turntable per resolution. With a ``shard``
-    (:class:`ddmi.devices.Shard`), this process's batches only, and the sheets on the main process."""
-    from ..devices import Shard
-    from ..render.mesh import write_png
-    from ..stage2 import _check_free, latent_batches, sampling_plan
-    shard = shard or Shard(next(diffusion.parameters()).device)
-    sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
-    resolutions = args.resolution or [128]
-    out = Path(args.out)
+def _stems(args, count: int) -> dict[int, list[str]]:
     prefix = "interpolation" if args.interpolate else "sample"
+    return {r: [f"{prefix}_{i:05d}_{r}" for i in range(count)] for r in args.resolution or [128]}
+
+
+def sample_targets(args, ae, count: int) -> list[Path]:
+    out, stems = Path(args.out), _stems(args, count)
+    return ([out / f"{s}.gif" for r in stems for s in stems[r]]
+            + [out / s / "frame_000.png" for r in stems for s in stems[r]]
+            + [out / f"turntables_{r}.png" for r in stems])
+
+
+def write_samples(args, ae, batches, count: int, shard, log) -> str:
+    """``ddmi sample`` for a NeRF run: per sample and resolution, a turntable of PNG frames and
+    an animated GIF (this process's batches), plus one sheet of every sample's turntable per
+    resolution (main process)."""
+    from ddmi.render.mesh import write_png
+    out, stems = Path(args.out), _stems(args, count)
+    resolutions = list(stems)
     poses = turntable(ae)
-    stems = {r: [f"{prefix}_{i:05d}_{r}" for i in range(len(noises))] for r in resolutions}
-    targets = [out / f"{s}.gif" for r in resolutions for s in stems[r]]
-    targets += [out / s / "frame_000.png" for r in resolutions for s in stems[r]]
-    targets += [out / f"turntables_{r}.png" for r in resolutions]
-    _check_free(targets, args.overwrite)
-    shard.wait()                  # every process has checked before any writes
     rows = {r: [] for r in resolutions}
-    with torch.inference_mode():
-        for i0, z in latent_batches(diffusion, noises, sampler=sampler, steps=steps, eta=args.eta,
-                                    batch_size=args.batch_size, starts=shard.starts(len(noises), args.batch_size),
-                                    progress=shard.is_main):
-            for r in resolutions:
-                for k0 in range(len(z)):
-                    i = i0 + k0
-                    frames = to_uint8(render_latents(ae, z[k0:k0 + 1], poses, r)[0])
-                    for k, f in enumerate(frames):
-                        write_png(out / stems[r][i] / f"frame_{k:03d}.png", f)
-                    write_gif(out / f"{stems[r][i]}.gif", frames)
-                    row = frames[np.linspace(0, len(frames) - 1, min(8, len(frames)), endpoint=False).astype(int)] \
-                        if len(frames) > 8 else frames
-                    rows[r].append((i, row))
+    for i0, z in batches:
+        for r in resolutions:
+            for k0 in range(len(z)):
+                i = i0 + k0
+                frames = to_uint8(render_latents(ae, z[k0:k0 + 1], poses, r)[0])
+                for k, f in enumerate(frames):
+                    write_png(out / stems[r][i] / f"frame_{k:03d}.png", f)
+                write_gif(out / f"{stems[r][i]}.gif", frames)
+                row = frames[np.linspace(0, len(frames) - 1, min(8, len(frames)), endpoint=False).astype(int)] \
+                    if len(frames) > 8 else frames
+                rows[r].append((i, row))
     for r in resolutions:
         gathered = shard.gather_by_start(rows[r])
         if shard.is_main:
             write_png(out / f"turntables_{r}.png", sheet(gathered))
-    log(f"wrote {len(noises)} turntables ({len(poses)} frames: PNG + GIF) at "
-        f"{', '.join(f'{r}x{r}' for r in resolutions)} to {out} ({sampler}, {steps or 'default'} steps"
-        f"{shard.describe()})")
-    return 0
+    return (f"wrote {count} turntables ({len(poses)} frames: PNG + GIF) at "
+            f"{', '.join(f'{r}x{r}' for r in resolutions)} to {out}")
 
 
 def reconstruct_nerf_command(ae, args, log=print) -> int:
     """``ddmi reconstruct`` for a NeRF run: srn-cars ``.npz`` objects -> their encoded point
     clouds -> renders of ``--views`` of their views, with PSNR / SSIM against the images (on the
     autoencoder's device)."""
-    from ..devices import model_device
-    from ..data.srn import read_scene
-    from ..metrics.image_quality import psnr, ssim
-    from ..render.mesh import write_png
+    from ddmi.devices import model_device
+    from ddmi.data.srn import read_scene
+    from ddmi.metrics.image_quality import psnr, ssim
+    from ddmi.render.mesh import write_png
     out = Path(args.out)
     nviews = getattr(args, "views", None) or 8
     results = {}
@@ -244,7 +223,7 @@ def reconstruct_nerf_command(ae, args, log=print) -> int:
     summary = {"objects": results}
     if scored:
         summary["mean_psnr"] = float(np.mean(scored))
-    from ..checkpoint import atomic_write_text
+    from ddmi.files import atomic_write_text
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "psnr.json", json.dumps(summary, indent=1) + "\n")
     msg = f"mean PSNR {summary['mean_psnr']:.2f} dB" if scored else \
@@ -273,8 +252,8 @@ def _gt_views(scene: dict, views, res: int) -> torch.Tensor:
     return gt
 
 
-def evaluate_nerf_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler, steps, batch_size, ref,
-                      seed: int = 0, log=print, device=None, shard=None) -> dict:
+def evaluate_run(run_dir: Path, cfg, stage: str, ae, generate, *, metrics, num, resolution, batch_size, ref,
+                 seed: int, shard, log, **_) -> dict:
     """NeRF runs. Reference objects: ``--ref`` or ``data.test_dir`` or ``data.dir`` (its ``val``
     split, else ``train``).
 
@@ -285,19 +264,14 @@ def evaluate_nerf_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler, 
       drawn at random from the reference objects' cameras, against as many reference views drawn
       the same way, all at ``--resolution`` (default 128) and quantised to uint8.
 
-    Everything runs on ``device``; with a ``shard`` (:class:`ddmi.devices.Shard`, as
-    :func:`ddmi.evaluate.evaluate_run`) the generated samples are drawn, rendered and featurised
-    in shares and the main process does the rest.
+    ``generate(num) -> (batches, sampler, steps)`` draws this process's share of the samples
+    (:class:`ddmi.devices.Shard`): they are rendered and featurised in shares and the main
+    process does the rest.
     """
     from tqdm.auto import tqdm
 
-    from ..api import load_autoencoder
-    from ..devices import Shard
-    from ..evaluate import generate_batches
-    from ..metrics.image_quality import psnr, ssim
+    from ddmi.metrics.image_quality import psnr, ssim
 
-    shard = shard or Shard(device)
-    ae = load_autoencoder(run_dir, device=shard.device)
     ds = _reference_objects(cfg, ref or cfg.data.test_dir or cfg.data.dir)
     rng = np.random.default_rng(seed)
     results: dict = {"run": str(run_dir), "reference": f"{ds.files[0].parent} ({len(ds)} objects)"}
@@ -324,10 +298,10 @@ def evaluate_nerf_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler, 
         results["num_recon"] = n
 
     if {"fid", "kid"} & set(metrics):
-        from ..metrics.fid import features_from_batches, fid_from_features
-        from ..metrics.frechet import kid
-        from ..metrics.inception import InceptionFeatures
-        from ..render.mesh import write_png
+        from ddmi.metrics.fid import features_from_batches, fid_from_features
+        from ddmi.metrics.frechet import kid
+        from ddmi.metrics.inception import InceptionFeatures
+        from ddmi.render.mesh import write_png
         per_object = 4
         res = resolution or 128
         num_gen = num or 100
@@ -338,8 +312,7 @@ def evaluate_nerf_run(run_dir: Path, cfg, *, metrics, num, resolution, sampler, 
             return [(int(o), int(rng.integers(0, len(ds.scene(int(o))["poses"])))) for o in objs]
 
         cameras = [draw_cameras(per_object) for _ in range(num_gen)]    # every process: the same draws
-        batches, sampler, steps = generate_batches(run_dir, ae, cfg, num=num_gen, sampler=sampler, steps=steps,
-                                                   batch_size=batch_size, seed=seed, shard=shard)
+        batches, sampler, steps = generate(num_gen)
         out = run_dir / "eval" / f"samples-{sampler}{steps or ''}-{res}"
         gen_f = []
         with torch.inference_mode():

@@ -1,7 +1,7 @@
 """The video domain: fields -> clips at any size and frame count -> MP4 / GIF / frames / sheets.
 
 A video field (``VideoAutoencoder.decode``) returns RGB at ``(x, y, t)`` in [-1, 1]^3 (pixel-centre
-semantics on every axis; conventions in :mod:`ddmi.video_model`). Rendering at ``R x R`` and
+semantics on every axis; conventions in :mod:`ddmi.domains.video.model`). Rendering at ``R x R`` and
 ``F`` frames queries the ``F`` frame centres ``t_k = -1 + (2k + 1)/F`` of the same interval, so
 ``F`` larger than the training clip length interpolates in time (temporal super-resolution) and
 ``R`` larger than the training size in space.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..render import video as vio
+from ddmi.render import video as vio
 
 
 def have_mp4() -> bool:
@@ -54,55 +54,51 @@ def _sizes(args, ae) -> list[tuple[int, int]]:
     return [(r, f) for r in resolutions for f in frame_counts]
 
 
-def sample_videos_command(args, ae, diffusion, cfg, log=print, shard=None) -> int:
-    """``ddmi sample`` for a video run (module docstring); with a ``shard``
-    (:class:`ddmi.devices.Shard`), this process's batches only, and the sheets on the main process."""
-    from ..devices import Shard
-    from ..stage2 import _check_free, latent_batches, sampling_plan
-    shard = shard or Shard(next(diffusion.parameters()).device)
-    sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
-    out = Path(args.out)
+def _stems(args, ae, count: int) -> dict[tuple[int, int], list[str]]:
     prefix = "interpolation" if args.interpolate else "sample"
-    sizes = _sizes(args, ae)
-    stems = {s: [f"{prefix}_{i:05d}_{s[0]}x{s[1]}" for i in range(len(noises))] for s in sizes}
-    targets = [out / f"{st}.gif" for s in sizes for st in stems[s]] + [out / f"sheet_{r}x{f}.png" for r, f in sizes]
-    _check_free(targets, args.overwrite)
-    shard.wait()                  # every process has checked before any writes
+    return {sz: [f"{prefix}_{i:05d}_{sz[0]}x{sz[1]}" for i in range(count)] for sz in _sizes(args, ae)}
+
+
+def sample_targets(args, ae, count: int) -> list[Path]:
+    out, stems = Path(args.out), _stems(args, ae, count)
+    return [out / f"{st}.gif" for s in stems for st in stems[s]] + [out / f"sheet_{r}x{f}.png" for r, f in stems]
+
+
+def write_samples(args, ae, batches, count: int, shard, log) -> str:
+    """``ddmi sample`` for a video run (module docstring): this process's clips, and the sheets
+    on the main process."""
+    out, stems = Path(args.out), _stems(args, ae, count)
+    sizes = list(stems)
     rendered = {s: [] for s in sizes}
-    with torch.inference_mode():
-        for i, z in latent_batches(diffusion, noises, sampler=sampler, steps=steps, eta=args.eta,
-                                   batch_size=args.batch_size, starts=shard.starts(len(noises), args.batch_size),
-                                   progress=shard.is_main):
-            for r, f in sizes:
-                clips = ae.render(z, r, f).cpu()
-                write_clips(clips, out, stems[(r, f)][i:i + len(z)], fps=ae.fps, sheet=None, log=lambda m: None)
-                rendered[(r, f)].append((i, clips))
+    for i, z in batches:
+        for r, f in sizes:
+            clips = ae.render(z, r, f).cpu()
+            write_clips(clips, out, stems[(r, f)][i:i + len(z)], fps=ae.fps, sheet=None, log=lambda m: None)
+            rendered[(r, f)].append((i, clips))
     for r, f in sizes:
         clips = torch.cat(shard.gather_by_start(rendered[(r, f)]))
         if shard.is_main:
             vio.contact_sheet(clips, out / f"sheet_{r}x{f}.png")
     if not have_mp4():
         log("note: MP4 files need PyAV (pip install 'ddmi[video]'); wrote GIFs and frames only")
-    log(f"wrote {len(noises)} videos (MP4/GIF/frames + sheet) at "
-        f"{', '.join(f'{r}x{r}, {f} frames' for r, f in sizes)} to {out} "
-        f"({sampler}, {steps or 'default'} steps{shard.describe()})")
-    return 0
+    return (f"wrote {count} videos (MP4/GIF/frames + sheet) at "
+            f"{', '.join(f'{r}x{r}, {f} frames' for r, f in sizes)} to {out}")
 
 
 def reconstruct_videos_command(ae, args, log=print) -> int:
     """``ddmi reconstruct`` for a video run: video files or frame folders -> reconstructed clips
     (the first ``video.frames`` frames of each input) at ``--resolution`` and ``--frames``, on the
     autoencoder's device."""
-    from ..data.videos import load_clip
-    from ..devices import model_device
-    from ..stage2 import _check_free
+    from ddmi.data.videos import load_clip
+    from ddmi.devices import model_device
+    from ddmi.files import check_free
     out = Path(args.out)
     sizes = _sizes(args, ae)
     stems = []
     for p in args.inputs:
         name = Path(p).name if Path(p).is_dir() else Path(p).stem
         stems.append(name if name not in stems else f"{len(stems):04d}_{name}")
-    _check_free([out / f"{s}_rec{r}x{f}.gif" for s in stems for r, f in sizes], args.overwrite)
+    check_free([out / f"{s}_rec{r}x{f}.gif" for s in stems for r, f in sizes], args.overwrite)
     clips = torch.stack([load_clip(p, ae.frames, ae.resolution) for p in args.inputs])
     with torch.inference_mode():
         z = ae.encode(clips.to(model_device(ae))).mode()
@@ -129,14 +125,14 @@ def clips_uint8(clips: torch.Tensor) -> torch.Tensor:
 def _clip_set(root, split: str, ae, *, num: int | None, seed: int):
     """A seeded subset (at most ``num``) of one fixed ``ae.frames``-frame window per video of the
     ``split`` folder of ``root`` (``train`` falls back to ``root`` itself): ``(dataset, indices)``."""
-    from ..data.videos import VideoFolderDataset
-    from ..evaluate import seeded_subset
+    from ddmi.data.videos import VideoFolderDataset
+    from ddmi.metrics.image_sets import seeded_subset
     ds = VideoFolderDataset(root, split=split, frames=ae.frames, resolution=ae.resolution, seed=seed)
     return ds, [int(i) for i in seeded_subset(len(ds), num, seed)]
 
 
-def evaluate_video_run(run_dir: Path, cfg, *, metrics, num, sampler, steps, batch_size, ref, i3d, seed: int = 0,
-                       log=print, device=None, shard=None) -> dict:
+def evaluate_run(run_dir: Path, cfg, stage: str, ae, generate, *, metrics, num, batch_size, ref, i3d,
+                 seed: int, shard, log, **_) -> dict:
     """Video runs, at the training size (``video.frames`` frames of ``R x R``).
 
     * ``fvd`` (LDM): ``--num`` EMA samples (default: as many as reference clips) against one fixed
@@ -147,24 +143,18 @@ def evaluate_video_run(run_dir: Path, cfg, *, metrics, num, sampler, steps, batc
 
     FVD needs the I3D weights (``--i3d``); they are loaded before any work starts.
 
-    Everything runs on ``device``; with a ``shard`` (:class:`ddmi.devices.Shard`, as
-    :func:`ddmi.evaluate.evaluate_run`) the generated clips are drawn and embedded in shares and
-    the main process does the rest.
+    ``generate(num) -> (batches, sampler, steps)`` draws this process's share of the clips
+    (:class:`ddmi.devices.Shard`): they are embedded in shares and the main process does the rest.
     """
     import numpy as np
     from tqdm.auto import tqdm
 
-    from ..api import load_autoencoder
-    from ..data.videos import split_folder
-    from ..errors import DataError
-    from ..devices import Shard
-    from ..evaluate import generate_batches
-    from ..metrics.fvd import fvd_from_features, i3d_embeddings, load_i3d
-    from ..metrics.image_quality import psnr, ssim
+    from ddmi.data.videos import split_folder
+    from ddmi.errors import DataError
+    from ddmi.metrics.fvd import fvd_from_features, i3d_embeddings, load_i3d
+    from ddmi.metrics.image_quality import psnr, ssim
 
-    shard = shard or Shard(device)
     net = load_i3d(i3d, device=shard.device) if {"fvd", "rfvd"} & set(metrics) else None
-    ae = load_autoencoder(run_dir, device=shard.device)
     results: dict = {"run": str(run_dir), "resolution": ae.resolution, "frames": ae.frames}
     eval_dir = run_dir / "eval"
 
@@ -206,8 +196,7 @@ def evaluate_video_run(run_dir: Path, cfg, *, metrics, num, sampler, steps, batc
         num_gen = num or len(idx)
         if min(num_gen, len(idx)) < 2:
             raise DataError(f"FVD needs at least 2 clips on each side (got {num_gen} generated, {len(idx)} reference)")
-        batches, sampler, steps = generate_batches(run_dir, ae, cfg, num=num_gen, sampler=sampler, steps=steps,
-                                                   batch_size=batch_size, seed=seed, shard=shard)
+        batches, sampler, steps = generate(num_gen)
         out = eval_dir / f"samples-{sampler}{steps or ''}-{ae.resolution}x{ae.frames}"
         gen_f, ref_f = [], []
         with torch.inference_mode():

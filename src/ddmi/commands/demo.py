@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import DDMIError
+from ddmi.cli import main
+from ddmi.commands.options import log, torch_threads
+from ddmi.errors import DDMIError
 
 #: Steps, LDM batch size and number of training images for the full and the quick demo, sized
 #: to finish in about 8 minutes here. The LDM trains at batch 32 (the preset: 64): in the same
@@ -21,7 +23,6 @@ QUICK = {"vae_steps": 6, "ldm_steps": 6, "ldm_batch": 8, "images": 64}
 
 
 def _run(argv: list[str]) -> None:
-    from .cli import main
     status = main(argv)
     if status != 0:
         raise DDMIError(f"demo step `ddmi {' '.join(argv)}` failed (exit status {status})")
@@ -69,3 +70,8 @@ def run_demo(out: Path, *, quick: bool = False, log=print) -> int:
         log(f"  {path}")
     log(f"training images: {data / 'train'}; run folders: {vae}, {ldm}")
     return 0
+
+
+def run(args) -> int:
+    torch_threads()
+    return run_demo(Path(args.out), quick=args.quick, log=log)

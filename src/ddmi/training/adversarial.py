@@ -9,7 +9,7 @@ optimiser and the learning rate come from this run's config) and alternates, per
 * a **discriminator** step: the hinge loss on real inputs and reconstructions computed without
   gradient (detached; the official video step forgets to: spec 12.2.10).
 
-Per domain:
+Per domain (the domain's ``build_discriminator`` and the autoencoder's ``adversarial_views``):
 
 * **image**: one 2-D PatchGAN on the ``R x R`` crop; its 4th input channel is the constant scale
   injection ``si`` of the crop;
@@ -26,24 +26,15 @@ both networks and the optimiser state are checkpointed and resumed together.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.func import functional_call
 
-from . import checkpoint as ckpt
-from .errors import CheckpointError, ConfigError
-from .losses.adversarial import feature_matching_loss, generator_loss, hinge_d_loss
-from .nn.discriminator import PatchDiscriminator, VideoDiscriminator
-from .stage1 import VAETask, VideoVAETask
-
-
-def with_scale_channel(images: torch.Tensor, si: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W)``, ``si (B,)`` -> ``(B, 4, H, W)`` with ``si`` as a constant 4th channel."""
-    b, _, h, w = images.shape
-    return torch.cat([images, si.to(images.dtype)[:, None, None, None].expand(b, 1, h, w)], dim=1)
+from ddmi import checkpoint as ckpt
+from ddmi.errors import CheckpointError
+from ddmi.losses.adversarial import feature_matching_loss, generator_loss, hinge_d_loss
+from ddmi.training.vae_task import VAETask
 
 
 def phase(gc: DictConfig, step: int) -> str:
@@ -51,14 +42,6 @@ def phase(gc: DictConfig, step: int) -> str:
     if step < gc.start_step:
         return "generator"
     return "generator" if (step - gc.start_step) % 2 == 0 else "discriminator"
-
-
-def build_discriminator(cfg: DictConfig) -> nn.Module:
-    """The discriminator(s) of ``cfg.domain`` (image: 2-D with the scale channel; video: 2-D + 3-D)."""
-    gc = cfg.gan
-    if cfg.domain == "video":
-        return VideoDiscriminator(gc.disc_channels, gc.disc_layers)
-    return PatchDiscriminator(4, gc.disc_channels, gc.disc_layers)
 
 
 class AdversarialForward(nn.Module):
@@ -82,16 +65,13 @@ class AdversarialForward(nn.Module):
             perceptual.requires_grad_(False)
 
     def reconstructions(self, images, rand):
-        """``(fake, real, cond)`` as the discriminator sees them (image: ``(B, 3, R, R)``, ``si``)."""
-        pred, targets, si, _ = self.ae.reconstruct(images, rand)
-        return self.ae.as_images(pred), self.ae.as_images(targets), si
+        """``(fake, real, cond)`` as the critic sees them (the autoencoder's ``adversarial_views``)."""
+        return self.ae.adversarial_views(images, rand)
 
     def critic(self, x, cond, params=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Logits of every discriminator and their concatenated features; with ``params``, the
         discriminator runs with those weights (:func:`torch.func.functional_call`)."""
-        x = with_scale_channel(x, cond)
-        logits, feats = self.disc(x) if params is None else functional_call(self.disc, params, (x,))
-        return [logits], feats
+        return self.disc(x, cond) if params is None else functional_call(self.disc, params, (x, cond))
 
     def forward(self, images, rand, *, phase: str, adversarial: bool, kl_weight: float, sn_weight: float):
         if phase == "discriminator":
@@ -118,44 +98,13 @@ class AdversarialForward(nn.Module):
         return loss, {"g_adv": g.detach(), "g_fm": fm.detach()}
 
 
-class VideoAdversarialForward(AdversarialForward):
-    """Video: clips ``(B, 3, T, H, W)``; the condition is the random frame per clip that the 2-D
-    discriminator judges (``rand["frame"]``, the LPIPS term's frame)."""
-
-    def reconstructions(self, clips, rand):
-        pred, targets, _ = self.ae.reconstruct(clips, rand)
-        return pred, targets, rand["frame"]
-
-    def critic(self, x, cond, params=None):
-        return self.disc(x, cond) if params is None else functional_call(self.disc, params, (x, cond))
-
-
-def load_init_weights(autoencoder: nn.Module, cfg: DictConfig, init: Path) -> str:
-    """Load the latest weights of the VAE run ``init`` into ``autoencoder`` (weights only)."""
-    info = ckpt.read_run_info(init)
-    if info["stage"] != "vae":
-        raise ConfigError(f"init={init} is a {info['stage']} run; it must be a `ddmi train vae` run")
-    other = ckpt.load_run_config(init)
-    if other.domain != cfg.domain:
-        raise ConfigError(f"init={init} is a {other.domain} model; this config is for {cfg.domain}")
-    latest = ckpt.latest_checkpoint(init)
-    if latest is None:
-        raise CheckpointError(f"init={init} has no complete checkpoint yet")
-    ckpt.load_into(autoencoder, ckpt.load_weights(latest / "model.safetensors"),
-                   what=f"init={init} ({latest.name})")
-    return latest.name
-
-
-class _Adversarial:
-    """What a ``gan.enabled`` stage-1 task adds to its domain's task (mixed in before it): the
-    domain's discriminator, and ``forward_class`` as the training loss."""
-
-    forward_class: type[AdversarialForward] = AdversarialForward
+class AdversarialVAETask(VAETask):
+    """Stage 1 with the domain's discriminator (``gan.enabled``): see the module docstring."""
 
     def __init__(self, cfg: DictConfig, *, log=print):
         super().__init__(cfg, log=log)
-        self.discriminator = build_discriminator(cfg)
-        self.module = self.forward_class(self.autoencoder, self.discriminator, self.module.perceptual,
+        self.discriminator = self.domain.build_discriminator(cfg)
+        self.module = AdversarialForward(self.autoencoder, self.discriminator, self.module.perceptual,
                                          cfg.loss.lpips_weight, cfg.gan)
 
     def parameters(self):
@@ -178,13 +127,3 @@ class _Adversarial:
         if "discriminator" not in weights:
             raise CheckpointError("the checkpoint has no discriminator weights (not a gan.enabled run)")
         ckpt.load_into(self.discriminator, weights["discriminator"], what="checkpoint discriminator")
-
-
-class AdversarialVAETask(_Adversarial, VAETask):
-    """Image stage 1 with a discriminator (``gan.enabled``): see the module docstring."""
-
-
-class AdversarialVideoVAETask(_Adversarial, VideoVAETask):
-    """Video stage 1 with the 2-D frame + 3-D clip discriminators (``gan.enabled``)."""
-
-    forward_class = VideoAdversarialForward

@@ -16,33 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
-
-
-class DiagonalGaussian:
-    """A diagonal Gaussian whose parameters are the two channel halves of one tensor.
-
-    ``params``: ``(B, 2*C, ...)``; the first half is the mean, the second the log-variance,
-    clamped to [-30, 20].
-    """
-
-    def __init__(self, params: torch.Tensor):
-        self.mean, logvar = params.chunk(2, dim=1)
-        self.logvar = logvar.clamp(-30.0, 20.0)
-        self.std = torch.exp(0.5 * self.logvar)
-
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype,
-                            device="cpu" if generator is None else generator.device)
-        return self.mean + self.std * noise.to(self.mean.device)
-
-    def mode(self) -> torch.Tensor:
-        return self.mean
-
-    def kl(self) -> torch.Tensor:
-        """KL(q || N(0, I)) summed over all non-batch dimensions: ``(B,)``."""
-        kl = 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)
-        return kl.flatten(1).sum(1)
+from ddmi.nn.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
+from ddmi.vae.posterior import DiagonalGaussian
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The occupancy (3-D shape) domain: fields -> dense grids -> meshes -> files, and 3-D metrics.
 
 A shape field (``OccupancyAutoencoder.decode``) returns occupancy *logits* at normalised
-coordinates ``u`` in ``[-1, 1]^3`` (:mod:`ddmi.triplane`); the world frame is ``p = u *
+coordinates ``u`` in ``[-1, 1]^3`` (:mod:`ddmi.vae.triplane_coords`); the world frame is ``p = u *
 half_extent`` (the padded unit cube, ``half_extent = 0.55``). Meshes are extracted at any grid
 resolution ``R``: the field is evaluated at the ``R^3`` cell centres of the box, slab by slab (at
 most ``slab_points`` coordinates exist at a time), and marching cubes runs at the logit of the
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
-from ..fields import Field, pixel_centers
-from ..render import mesh as meshio
+from ddmi.errors import ConfigError, DataError
+from ddmi.fields import Field, pixel_centers
+from ddmi.render import mesh as meshio
 
 Mesh = tuple[np.ndarray, np.ndarray]   # (vertices (V, 3) float32 world frame, faces (F, 3) int64)
 
@@ -103,7 +103,7 @@ def mesh_point_clouds(meshes: list[Mesh], num_points: int = 2048, *, seed: int =
 def shape_metrics(generated: torch.Tensor, reference: torch.Tensor, **kw) -> dict[str, float]:
     """MMD-CD, COV-CD and 1-NNA-CD (spec 7) of generated vs reference clouds ``(N, P, 3)``, each
     cloud normalised to the unit sphere first (bounding-box centre, max radius 1)."""
-    from ..metrics.pointcloud import mmd_cov_1nna, normalize_to_unit_sphere
+    from ddmi.metrics.pointcloud import mmd_cov_1nna, normalize_to_unit_sphere
     return mmd_cov_1nna(normalize_to_unit_sphere(generated.float()), normalize_to_unit_sphere(reference.float()), **kw)
 
 
@@ -111,42 +111,37 @@ def shape_metrics(generated: torch.Tensor, reference: torch.Tensor, **kw) -> dic
 # commands
 
 
-def sample_shapes_command(args, ae, diffusion, cfg, log=print, shard=None) -> int:
-    """``ddmi sample`` for a shapes run: meshes (PLY + OBJ) and PNG previews per sample; with a
-    ``shard`` (:class:`ddmi.devices.Shard`), this process's batches only, and the grids on the
-    main process."""
-    from ..devices import Shard
-    from ..stage2 import _check_free, latent_batches, sampling_plan
-    shard = shard or Shard(next(diffusion.parameters()).device)
-    sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
-    resolutions = args.resolution or [128]
-    out = Path(args.out)
+def _stems(args, count: int) -> dict[int, list[str]]:
     prefix = "interpolation" if args.interpolate else "sample"
-    stems = {r: [f"{prefix}_{i:05d}_{r}" for i in range(len(noises))] for r in resolutions}
-    targets = [out / f"{s}.{ext}" for r in resolutions for s in stems[r] for ext in ("ply", "obj", "png")]
-    targets += [out / f"grid_{r}.png" for r in resolutions]
-    _check_free(targets, args.overwrite)
-    shard.wait()                  # every process has checked before any writes
+    return {r: [f"{prefix}_{i:05d}_{r}" for i in range(count)] for r in args.resolution or [128]}
+
+
+def sample_targets(args, ae, count: int) -> list[Path]:
+    out, stems = Path(args.out), _stems(args, count)
+    return ([out / f"{s}.{ext}" for r in stems for s in stems[r] for ext in ("ply", "obj", "png")]
+            + [out / f"grid_{r}.png" for r in stems])
+
+
+def write_samples(args, ae, batches, count: int, shard, log) -> str:
+    """``ddmi sample`` for a shapes run: meshes (PLY + OBJ) and PNG previews per sample (this
+    process's batches), a grid per grid resolution (main process)."""
+    out, stems = Path(args.out), _stems(args, count)
+    resolutions = list(stems)
     tiles, empty = {r: [] for r in resolutions}, {r: 0 for r in resolutions}
-    with torch.inference_mode():
-        for i, z in latent_batches(diffusion, noises, sampler=sampler, steps=steps, eta=args.eta,
-                                   batch_size=args.batch_size, starts=shard.starts(len(noises), args.batch_size),
-                                   progress=shard.is_main):
-            for r in resolutions:
-                meshes = extract_meshes(ae.decode(z), r, threshold=ae.threshold, half_extent=ae.half_extent)
-                _, t = write_mesh_files(meshes, out, stems[r][i:i + len(z)], half_extent=ae.half_extent)
-                tiles[r].append((i, t))
-                empty[r] += sum(len(f) == 0 for _, f in meshes)
+    for i, z in batches:
+        for r in resolutions:
+            meshes = extract_meshes(ae.decode(z), r, threshold=ae.threshold, half_extent=ae.half_extent)
+            _, t = write_mesh_files(meshes, out, stems[r][i:i + len(z)], half_extent=ae.half_extent)
+            tiles[r].append((i, t))
+            empty[r] += sum(len(f) == 0 for _, f in meshes)
     for r in resolutions:
         grid = [t for batch in shard.gather_by_start(tiles[r]) for t in batch]
         n_empty = sum(shard.gather([empty[r]]))
         if shard.is_main:
             write_grid(grid, out / f"grid_{r}.png")
         if n_empty:
-            log(f"warning: {n_empty} of {len(noises)} samples at {r}^3 have an empty surface")
-    log(f"wrote {len(noises)} meshes (PLY + OBJ + PNG) at {', '.join(f'{r}^3' for r in resolutions)} "
-        f"to {out} ({sampler}, {steps or 'default'} steps{shard.describe()})")
-    return 0
+            log(f"warning: {n_empty} of {count} samples at {r}^3 have an empty surface")
+    return f"wrote {count} meshes (PLY + OBJ + PNG) at {', '.join(f'{r}^3' for r in resolutions)} to {out}"
 
 
 def load_point_cloud(path: Path) -> np.ndarray:
@@ -154,7 +149,7 @@ def load_point_cloud(path: Path) -> np.ndarray:
     path = Path(path)
     try:
         if path.suffix == ".npz":
-            from ..data.shapes import read_pointcloud_npz
+            from ddmi.data.shapes import read_pointcloud_npz
             return read_pointcloud_npz(path)
         if path.suffix == ".npy":
             pts = np.load(path, allow_pickle=False)
@@ -186,7 +181,7 @@ def _unique_stems(paths: list[Path], suffix: str) -> list[str]:
 def reconstruct_shapes_command(ae, args, log=print) -> int:
     """``ddmi reconstruct`` for a shapes run: point clouds -> meshes (+ PNG previews), on the
     autoencoder's device."""
-    from ..devices import model_device
+    from ddmi.devices import model_device
     out = Path(args.out)
     res = args.resolution or 128
     rng = np.random.default_rng(0)
@@ -194,7 +189,7 @@ def reconstruct_shapes_command(ae, args, log=print) -> int:
     if not args.overwrite:
         taken = [out / f"{s}.{e}" for s in stems for e in ("ply", "obj", "png") if (out / f"{s}.{e}").exists()]
         if taken:
-            from ..errors import DDMIError
+            from ddmi.errors import DDMIError
             raise DDMIError(f"{taken[0]} exists (pass --overwrite to replace it)")
     meshes = []
     for path in args.inputs:

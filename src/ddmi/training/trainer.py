@@ -32,8 +32,8 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import checkpoint as ckpt
-from .errors import DDMIError
+from ddmi import checkpoint as ckpt
+from ddmi.errors import DDMIError
 
 NONFINITE_HELP = ("the run's last checkpoint is intact. Remedies: raise the spectral regularisation "
                   "(loss.sn_weight / loss.sn_init, stage 1), lower the learning rate (train.lr), or "

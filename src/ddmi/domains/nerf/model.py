@@ -3,7 +3,7 @@
 **One frame** (the official code encodes with ``p / 1.1`` and renders with ``p / 3.5``; spec
 12.2.4): world points (the cameras' frame; point clouds are first multiplied by
 ``nerf.points_scale``) are normalised once, ``u = p / nerf.half_extent``, for the PointNet scatter
-*and* for the plane queries, with the plane order, cells and sampling of :mod:`ddmi.triplane`.
+*and* for the plane queries, with the plane order, cells and sampling of :mod:`ddmi.vae.triplane_coords`.
 Outside the box ``|u| <= 1`` the density is exactly 0.
 
 **The field** (:class:`NeRFMLP`, ``MLPNeRF`` with **real** ReLUs; the official
@@ -19,22 +19,20 @@ and returns ``[sigma, r, g, b]`` (``sigma >= 0`` in world units, rgb in [0, 1]).
 
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from .data.srn import split_nerf_item
-from .fields import Field
-from .nn.pointnet import LocalPoolPointNet
-from .nn.spectral import SpectralRegularizer
-from .occupancy_model import triplane_spec
-from .render.volume import SRN_FOV, render_rays
-from .triplane import sample_triplane, triplane_grid
-from .vae import DiagonalGaussian
-from .vae_triplane import TriplaneVAE
+from ddmi.data.srn import split_nerf_item
+from ddmi.fields import Field
+from ddmi.nn.pointnet import LocalPoolPointNet
+from ddmi.nn.spectral import SpectralRegularizer
+from ddmi.render.volume import SRN_FOV, render_rays
+from ddmi.vae.triplane_coords import sample_triplane, triplane_grid
+from ddmi.vae.posterior import DiagonalGaussian
+from ddmi.vae.triplanes import TriplaneVAE, triplane_spec
 
 
 def positional_encoding(x: torch.Tensor, num_freqs: int) -> torch.Tensor:
@@ -112,7 +110,7 @@ class NeRFAutoencoder(nn.Module):
         super().__init__()
         nc = cfg.nerf
         self.nerf = nc
-        self.spec = dataclasses.replace(triplane_spec(cfg), in_channels=nc.pointnet_channels)
+        self.spec = triplane_spec(cfg.vae, in_channels=nc.pointnet_channels, resolution=cfg.data.resolution)
         self.resolution = cfg.data.resolution
         self.half_extent = float(nc.half_extent)
         self.num_points = nc.num_points

@@ -12,19 +12,11 @@ matching crop of the larger pixel grid, so the decoder learns to render the same
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ..fields import Field, image_grid, pixel_centers
+from ddmi.data.images import resize  # noqa: F401 - part of this module's API
+from ddmi.fields import Field, image_grid, pixel_centers
 
 MULTISCALE_CHOICES = ((1.0, 0.3), (1.5, 0.3), (2.0, 0.4))  # (zoom factor, probability)
-
-
-def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Antialiased bilinear resize of ``(B, C, H, W)`` to ``size x size``, clamped to [-1, 1]."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    out = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out.clamp(-1.0, 1.0)
 
 
 def apply_flips(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:

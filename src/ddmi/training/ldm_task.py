@@ -15,15 +15,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import checkpoint as ckpt
-from .api import load_autoencoder
-from .config import load_config
-from .data.images import ImageFolderDataset, save_grid, save_image
-from .diffusion import sample as diffusion_sample
-from .ema import EMA
-from .errors import ConfigError, DDMIError
-from .ldm import build_diffusion, load_diffusion, slerp
-from .train import Task
+from ddmi import checkpoint as ckpt
+from ddmi import domains
+from ddmi.config import load_config, parse_overrides
+from ddmi.diffusion import sample as diffusion_sample
+from ddmi.errors import ConfigError, DDMIError
+from ddmi.models import build_diffusion
+from ddmi.runs import load_autoencoder
+from ddmi.training.ema import EMA
+from ddmi.training.trainer import Task
 
 STAGE2_SECTIONS = ("ldm", "ldm_train", "seed", "name", "run_dir")
 
@@ -31,7 +31,6 @@ STAGE2_SECTIONS = ("ldm", "ldm_train", "seed", "name", "run_dir")
 def ldm_overrides(overrides: list[str]) -> dict:
     """Command-line overrides of ``ddmi train ldm``: ``vae=DIR`` names the VAE run, and
     ``train.*`` means the LDM's training section (``ldm_train.*``)."""
-    from .config import parse_overrides
     items = [f"vae_run={o[4:]}" if o.startswith("vae=") else o for o in overrides]
     out = parse_overrides(items)
     if "train" in out:
@@ -233,6 +232,7 @@ class LDMTask(Task):
 
     def __init__(self, cfg: DictConfig, run_dir: Path, *, accelerator=None, log=print):
         self.cfg = cfg
+        self.domain = domains.get(cfg.domain)
         self.run_dir = Path(run_dir)
         main = accelerator is None or accelerator.is_main_process
         vae_copy = self.run_dir / "vae"
@@ -252,7 +252,7 @@ class LDMTask(Task):
             raise ConfigError("no training data: set data.dir=FOLDER")
         source = (vae_copy / VAE_COPY_MARKER).read_text().strip() if (vae_copy / VAE_COPY_MARKER).is_file() else ""
         self.dataset = build_latent_cache(
-            self.ae, encoder_dataset(cfg), self.run_dir / CACHE_FOLDER,
+            self.ae, self.domain.encoder_dataset(cfg), self.run_dir / CACHE_FOLDER,
             signature={"data_dir": str(Path(cfg.data.dir).resolve()), "vae": source},
             dtype=cfg.ldm.latent_cache_dtype, draws=cfg.ldm.point_draws, num_workers=cfg.data.num_workers,
             accelerator=accelerator, log=log if main else (lambda m: None))
@@ -316,22 +316,7 @@ class LDMTask(Task):
     def write_samples(self, step: int, folder: Path) -> list[Path]:
         z = diffusion_sample(self.ema.model, self.fixed_noise.shape, sampler=self.cfg.ldm.sampler,
                              steps=self.cfg.ldm.sample_steps, noise=self.fixed_noise)
-        path = folder / f"samples-step{step:07d}.png"
-        if self.ae.domain == "video":
-            from .render.video import contact_sheet
-            return [contact_sheet(self.ae.render(z[:8]).cpu(), path)]
-        if self.ae.domain == "occupancy":
-            from .domains.occupancy import extract_meshes, preview_sheet
-            from .render.mesh import write_png
-            meshes = extract_meshes(self.ae.decode(z[:8]), 32, threshold=self.ae.threshold,
-                                    half_extent=self.ae.half_extent)
-            return [write_png(path, preview_sheet(meshes, half_extent=self.ae.half_extent))]
-        if self.ae.domain == "nerf":
-            from .domains.nerf import ldm_sample_sheet
-            return [ldm_sample_sheet(self.ae, z, path)]
-        r = self.ae.resolution
-        save_grid(self.ae.render(z, 2 * r).cpu(), path, nrow=8)
-        return [path]
+        return self.domain.write_latent_preview(self.ae, z, folder / f"samples-step{step:07d}.png")
 
     def evaluate(self) -> dict[str, float]:
         """``ema_loss``: the EMA model's epsilon-MSE on a fixed probe (posterior means of up to 64
@@ -345,24 +330,6 @@ class LDMTask(Task):
             x_t = d.q_sample(d.normalize(z0[part]), t[part], eps[part])
             total += float((d.predict_eps(x_t, t[part]).float() - eps[part]).square().mean()) * len(t[part])
         return {"ema_loss": total / len(t)}
-
-
-def encoder_dataset(cfg: DictConfig) -> Dataset:
-    """The training items whose latents stage 2 learns (the domain's stage-1 dataset, one fixed
-    draw per item)."""
-    if cfg.domain == "occupancy":
-        from .data.shapes import ShapesDataset
-        sc = cfg.shapes
-        return ShapesDataset(cfg.data.dir, split="train", classes=None if sc.classes is None else list(sc.classes),
-                             num_points=sc.num_points, point_noise=sc.point_noise, num_queries=1, seed=cfg.seed)
-    if cfg.domain == "nerf":
-        from .domains.nerf import nerf_dataset
-        return nerf_dataset(cfg, "train", num_rays=0)
-    if cfg.domain == "video":
-        from .data.videos import VideoFolderDataset
-        return VideoFolderDataset(cfg.data.dir, split="train", frames=cfg.video.frames,
-                                  resolution=cfg.data.resolution, seed=cfg.seed, skip_bad=cfg.data.skip_bad)
-    return ImageFolderDataset(cfg.data.dir, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
 
 
 VAE_COPY_MARKER = "SOURCE"   # written by copy_vae: the folder is ddmi's copy, not a user's run
@@ -411,118 +378,3 @@ def copy_vae(vae_run: Path, dest: Path) -> None:
 # ------------------------------------------------------------------------------------------
 # generation
 
-
-def noise_for(seed: int, index: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """The initial noise of sample ``index`` for ``seed``, independent of the batch size."""
-    g = torch.Generator().manual_seed(int(np.random.default_rng([seed, index]).integers(2**62)))
-    return torch.randn(shape, generator=g)
-
-
-def latent_batches(diffusion, noises: torch.Tensor, *, sampler: str, steps: int | None, eta: float = 0.0,
-                   batch_size: int = 16, starts: list[int] | None = None, progress: bool = True):
-    """Sample the batches of ``noises`` (CPU) that start at ``starts`` (default: every batch of
-    ``batch_size``), one at a time: yields ``(start, latents)`` on the diffusion model's device.
-
-    Batch ``i`` always sees the noise ``noises[i:i + batch_size]`` and a generator seeded with
-    ``i`` (CPU, for the stochastic samplers), so a sample does not depend on which process or
-    device draws it, nor on which other batches are drawn."""
-    from tqdm.auto import tqdm
-    starts = list(range(0, len(noises), batch_size)) if starts is None else list(starts)
-    for i in tqdm(starts, desc=f"sampling ({sampler})", disable=not progress):
-        x = noises[i:i + batch_size]
-        yield i, diffusion_sample(diffusion, x.shape, sampler=sampler, steps=steps, eta=eta, noise=x,
-                                  generator=torch.Generator().manual_seed(i))
-
-
-def generate_latents(diffusion, latent_shape, noises: torch.Tensor, *, sampler: str, steps: int | None,
-                     eta: float = 0.0, batch_size: int = 16, progress: bool = True) -> torch.Tensor:
-    """Latents of every noise (see :func:`latent_batches`), on the diffusion model's device."""
-    return torch.cat([z for _, z in latent_batches(diffusion, noises, sampler=sampler, steps=steps, eta=eta,
-                                                    batch_size=batch_size, progress=progress)])
-
-
-def _check_free(paths: list[Path], overwrite: bool) -> None:
-    if overwrite:
-        return
-    taken = [p for p in paths if p.exists()]
-    if taken:
-        raise DDMIError(f"{taken[0]} exists ({len(taken)} output files would be overwritten); "
-                        "pass --overwrite or choose another --out")
-
-
-def resolve_sampler(cfg, sampler: str | None, steps: int | None) -> tuple[str, int | None]:
-    """The sampler and step count to use: the run's ``ldm.sampler`` unless one is named; its
-    ``ldm.sample_steps`` applies only to that sampler (another one gets its own default)."""
-    sampler = sampler or cfg.ldm.sampler
-    return sampler, steps or (cfg.ldm.sample_steps if sampler == cfg.ldm.sampler else None)
-
-
-def sampling_plan(args, cfg, latent_shape) -> tuple[str, int | None, torch.Tensor]:
-    """``(sampler, steps, noises)`` of ``ddmi sample``: ``--num`` seeded noises, or, with
-    ``--interpolate``, ``--num`` slerps between the noises of seeds ``--seed`` and ``--seed + 1``."""
-    sampler, steps = resolve_sampler(cfg, args.sampler, args.steps)
-    if args.interpolate:
-        a, b = noise_for(args.seed, 0, latent_shape), noise_for(args.seed + 1, 0, latent_shape)
-        noises = torch.stack([slerp(a, b, float(t)) for t in np.linspace(0, 1, max(2, args.num))])
-    else:
-        noises = torch.stack([noise_for(args.seed, i, latent_shape) for i in range(args.num)])
-    return sampler, steps, noises
-
-
-def sample_command(args, log=print) -> int:
-    """``ddmi sample``: on ``args.device`` (see :mod:`ddmi.devices`); under ``accelerate launch``
-    each process draws its share of the batches and writes their files, the main process the
-    grids."""
-    from .devices import Shard
-    run_dir = Path(args.run_dir)
-    info = ckpt.read_run_info(run_dir)
-    if info["stage"] != "ldm":
-        raise ConfigError(f"{run_dir} is a {info['stage']} run; `ddmi sample` needs an LDM run "
-                          "(`ddmi train ldm CONFIG vae=...`)")
-    shard = Shard(getattr(args, "device", None))
-    if not shard.is_main:
-        log = (lambda m: None)   # noqa: E731 - one report, from the main process
-    cfg = ckpt.load_run_config(run_dir)
-    ae = load_autoencoder(run_dir, device=shard.device)
-    diffusion = load_diffusion(run_dir, ae.latent_shape, ema=not args.no_ema, device=shard.device)
-    if ae.domain == "occupancy":
-        from .domains.occupancy import sample_shapes_command
-        return sample_shapes_command(args, ae, diffusion, cfg, log=log, shard=shard)
-    if ae.domain == "nerf":
-        from .domains.nerf import sample_nerf_command
-        return sample_nerf_command(args, ae, diffusion, cfg, log=log, shard=shard)
-    if ae.domain == "video":
-        from .domains.video import sample_videos_command
-        return sample_videos_command(args, ae, diffusion, cfg, log=log, shard=shard)
-    sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
-    resolutions = args.resolution or [ae.resolution]
-    out = Path(args.out)
-    if args.interpolate:
-        targets = [out / f"interpolation_{r}.png" for r in resolutions]
-    else:
-        targets = [out / f"sample_{i:05d}_{r}.png" for i in range(args.num) for r in resolutions]
-        targets += [out / f"grid_{r}.png" for r in resolutions]
-    _check_free(targets, args.overwrite)
-    shard.wait()                  # every process has checked before any writes
-    rendered = {r: [] for r in resolutions}
-    with torch.inference_mode():
-        for i, z in latent_batches(diffusion, noises, sampler=sampler, steps=steps, eta=args.eta,
-                                   batch_size=args.batch_size, starts=shard.starts(len(noises), args.batch_size),
-                                   progress=shard.is_main):
-            for r in resolutions:
-                imgs = ae.render(z, r).cpu()
-                if not args.interpolate:
-                    for j, img in enumerate(imgs):
-                        save_image(img, out / f"sample_{i + j:05d}_{r}.png")
-                rendered[r].append((i, imgs))
-    for r in resolutions:
-        imgs = torch.cat(shard.gather_by_start(rendered[r]))
-        if shard.is_main:
-            if args.interpolate:
-                save_grid(imgs, out / f"interpolation_{r}.png", nrow=len(imgs))
-            else:
-                save_grid(imgs, out / f"grid_{r}.png")
-    what = "an interpolation strip" if args.interpolate else f"{args.num} samples + grid"
-    log(f"wrote {what} at {', '.join(f'{r}x{r}' for r in resolutions)} to {out} "
-        f"({sampler}, {steps or 'default'} steps{shard.describe()})")
-    return 0

@@ -1,6 +1,6 @@
 """The occupancy D2C-VAE: PointNet -> tri-plane conv VAE -> tri-plane HDBPE -> CFC MLP (spec 3.2).
 
-Frame and plane conventions: :mod:`ddmi.triplane` (one normalisation ``u = p / half_extent`` for
+Frame and plane conventions: :mod:`ddmi.vae.triplane_coords` (one normalisation ``u = p / half_extent`` for
 both encoding and querying; planes ``xy, xz, yz``). Batches are the packed tensors of
 :mod:`ddmi.data.shapes`.
 """
@@ -12,25 +12,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from .data.shapes import split_item
-from .fields import Field
-from .nn.pointnet import LocalPoolPointNet
-from .nn.spectral import SpectralRegularizer
-from .triplane import half_extent, normalize_points
-from .vae import DiagonalGaussian
-from .vae_triplane import OccupancyMLP, TriplaneVAE, TriplaneVAESpec
-
-
-def triplane_spec(cfg: DictConfig) -> TriplaneVAESpec:
-    v = cfg.vae
-    return TriplaneVAESpec(
-        in_channels=cfg.shapes.pointnet_channels, resolution=cfg.data.resolution, ch=v.ch,
-        ch_mult=tuple(v.ch_mult), num_res_blocks=v.num_res_blocks, z_channels=v.z_channels,
-        embed_dim=v.embed_dim, attn_resolutions=tuple(v.attn_resolutions),
-        hdbpe_resolutions=tuple(v.hdbpe_resolutions), plane_channels=v.plane_channels,
-        mid_attn_heads=v.mid_attn_heads, dropout=v.dropout,
-        inter_attn_resolutions=tuple(v.inter_attn_resolutions),
-    )
+from ddmi.data.shapes import split_item
+from ddmi.fields import Field
+from ddmi.nn.pointnet import LocalPoolPointNet, ResnetBlockFC
+from ddmi.nn.spectral import SpectralRegularizer
+from ddmi.vae.triplane_coords import half_extent, normalize_points, sample_triplane, triplane_grid
+from ddmi.vae.posterior import DiagonalGaussian
+from ddmi.vae.triplanes import TriplaneVAE, triplane_spec
 
 
 def occupancy_iou(logits: torch.Tensor, occ: torch.Tensor, threshold_logit: float = 0.0) -> torch.Tensor:
@@ -53,7 +41,7 @@ class OccupancyAutoencoder(nn.Module):
     def __init__(self, cfg: DictConfig):
         super().__init__()
         sc = cfg.shapes
-        self.spec = triplane_spec(cfg)
+        self.spec = triplane_spec(cfg.vae, in_channels=cfg.shapes.pointnet_channels, resolution=cfg.data.resolution)
         self.resolution = cfg.data.resolution
         self.padding = sc.padding
         self.half_extent = half_extent(sc.padding)
@@ -127,3 +115,32 @@ class OccupancyAutoencoder(nn.Module):
         with torch.no_grad():
             logs["iou"] = occupancy_iou(logits.detach(), occ, self.threshold_logit)
         return loss, logs
+
+
+class OccupancyMLP(nn.Module):
+    """CFC occupancy decoder (``MLP3D``): tri-plane HDBPE + coordinates -> occupancy logit.
+
+    ``f_k`` = the sum of the three plane samples at scale ``k`` (coarse to fine).
+    ``h = fc_p(u) + Res(C -> H)(f_0)``; ``h = Res(H + C -> H)([h, f_k])`` for the finer scales;
+    ``h = Res(H -> H)(h)``; ``logit = fc_out(relu(h))``. Res = :class:`ResnetBlockFC`.
+    """
+
+    def __init__(self, *, plane_channels: int, num_scales: int, hidden: int = 256):
+        super().__init__()
+        c, h = plane_channels, hidden
+        self.fc_p = nn.Linear(3, h)
+        self.blocks = nn.ModuleList([ResnetBlockFC(c, h)] + [ResnetBlockFC(h + c, h) for _ in range(num_scales - 1)])
+        self.final = ResnetBlockFC(h, h)
+        self.fc_out = nn.Linear(h, 1)
+
+    def forward(self, planes: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+        """``planes``: coarse to fine ``(B, 3, C, h_k, w_k)``; ``coords (B, N, 3)`` normalised.
+
+        Returns the occupancy logits ``(B, N, 1)``."""
+        assert len(planes) == len(self.blocks), f"expected {len(self.blocks)} scales, got {len(planes)}"
+        h = self.fc_p(coords)
+        grid = triplane_grid(coords)
+        for k, (plane, block) in enumerate(zip(planes, self.blocks)):
+            f = sample_triplane(plane, grid=grid)
+            h = h + block(f) if k == 0 else block(torch.cat([h, f], dim=-1))
+        return self.fc_out(F.relu(self.final(h)))

@@ -1,0 +1,19 @@
+"""``ddmi info [PRESET]``: a preset's resolved config and parameter counts, or the presets."""
+
+from __future__ import annotations
+
+from ddmi.config import list_presets, load_config, to_yaml
+from ddmi.models import parameter_counts
+
+
+def run(args) -> int:
+    if args.list or not args.config:
+        for name in list_presets():
+            print(name)
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    if not args.quiet:
+        print(to_yaml(cfg))
+    for name, count in parameter_counts(cfg).items():
+        print(f"{name}: {count}")
+    return 0

@@ -1,0 +1,17 @@
+"""``ddmi reconstruct RUN INPUTS... --out DIR``: encode inputs and write what they decode to (the
+run's domain reads and writes the files)."""
+
+from __future__ import annotations
+
+from ddmi import domains
+from ddmi.commands.options import check_options, device_option, log, torch_threads
+from ddmi.devices import default_device
+from ddmi.runs import load_autoencoder
+
+
+def run(args) -> int:
+    check_options(args, "resolution", "views", "frames")
+    device = device_option(args) or default_device()
+    torch_threads()
+    ae = load_autoencoder(args.run_dir, device=device)
+    return domains.get(ae.config.domain).reconstruct(args, ae, log)

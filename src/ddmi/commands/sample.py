@@ -1,0 +1,51 @@
+"""``ddmi sample``: latents from an LDM run's (EMA) denoiser, written by the run's domain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ddmi import checkpoint as ckpt
+from ddmi.commands.options import check_options, device_option, log as log_line, torch_threads
+from ddmi import domains
+from ddmi.devices import Shard
+from ddmi.errors import ConfigError
+from ddmi.files import check_free
+from ddmi.generate import latent_batches, sampling_plan
+from ddmi.runs import load_autoencoder, load_diffusion
+
+
+def sample_command(args, log=print) -> int:
+    """``ddmi sample``: on ``args.device`` (see :mod:`ddmi.devices`); under ``accelerate launch``
+    each process draws its share of the batches and writes their files, the main process the
+    grids."""
+    run_dir = Path(args.run_dir)
+    info = ckpt.read_run_info(run_dir)
+    if info["stage"] != "ldm":
+        raise ConfigError(f"{run_dir} is a {info['stage']} run; `ddmi sample` needs an LDM run "
+                          "(`ddmi train ldm CONFIG vae=...`)")
+    shard = Shard(getattr(args, "device", None))
+    if not shard.is_main:
+        log = (lambda m: None)   # noqa: E731 - one report, from the main process
+    cfg = ckpt.load_run_config(run_dir)
+    ae = load_autoencoder(run_dir, device=shard.device)
+    diffusion = load_diffusion(run_dir, ae.latent_shape, ema=not args.no_ema, device=shard.device)
+    domain = domains.get(cfg.domain)
+    sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
+    check_free(domain.sample_targets(args, ae, len(noises)), args.overwrite)
+    shard.wait()                  # every process has checked before any writes
+    with torch.inference_mode():
+        batches = latent_batches(diffusion, noises, sampler=sampler, steps=steps, eta=args.eta,
+                                 batch_size=args.batch_size, starts=shard.starts(len(noises), args.batch_size),
+                                 progress=shard.is_main)
+        summary = domain.write_samples(args, ae, batches, len(noises), shard, log)
+    log(f"{summary} ({sampler}, {steps or 'default'} steps{shard.describe()})")
+    return 0
+
+
+def run(args) -> int:
+    check_options(args, "num", "resolution", "steps", "batch_size", "frames")
+    args.device = device_option(args)
+    torch_threads()
+    return sample_command(args, log=log_line)

@@ -1,0 +1,105 @@
+"""``ddmi train vae|ldm CONFIG key=value...``: create or resume a run folder and train it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from omegaconf import OmegaConf
+
+from ddmi import checkpoint as ckpt
+from ddmi.commands.options import log, torch_threads
+from ddmi.config import load_config, parse_overrides
+from ddmi.errors import ConfigError
+from ddmi.training.ldm_task import LDMTask, check_vae_destination, ldm_overrides, stage2_config
+from ddmi.training.tasks import make_vae_task
+from ddmi.training.trainer import train
+
+RESUMABLE_DIFFS = ("train.steps", "ldm_train.steps", "train.log_every", "train.sample_every",
+                   "train.save_every", "ldm_train.log_every", "ldm_train.sample_every",
+                   "ldm_train.save_every", "data.num_workers", "run_dir", "vae_run",
+                   *(f"{section}.{key}" for section in ("train", "ldm_train")
+                     for key in ("tf32", "compile", "channels_last")))
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        key = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += config_diff(va, vb, key + ".")
+        elif va != vb:
+            keys.append(key)
+    return keys
+
+
+def prepare_run_dir(cfg, stage: str, run_dir: Path, is_main: bool, *, existing: bool):
+    """Create the run folder, or check that an existing one belongs to this config (resume).
+
+    ``existing``: whether the folder held a run before any process wrote to it (decided by every
+    process before the main one creates the files, so none mistakes a half-written new folder
+    for a broken old one)."""
+    if existing:
+        info = ckpt.read_run_info(run_dir)
+        if info["stage"] != stage:
+            raise ConfigError(f"{run_dir} is a {info['stage']} run, not a {stage} run")
+        saved = ckpt.load_run_config(run_dir)
+        diffs = [k for k in config_diff(OmegaConf.to_container(saved), OmegaConf.to_container(cfg))
+                 if k not in RESUMABLE_DIFFS]
+        if diffs:
+            raise ConfigError(f"{run_dir} holds a run with a different config ({', '.join(diffs[:6])}); "
+                              "use another run_dir= or the same settings to resume")
+        if is_main:
+            ckpt.atomic_write_text(run_dir / "config.yaml", ckpt.to_yaml(cfg))
+    elif is_main:
+        ckpt.init_run_dir(run_dir, cfg, stage)
+
+
+def accelerator(tc, *, unused_parameters: bool = False):
+    """``unused_parameters``: some parameters get no gradient in some steps (GAN phases)."""
+    cuda = torch.cuda.is_available()
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if unused_parameters else []
+    # mixed precision is the trainer's (autocast + its own loss scaler), not accelerate's
+    return Accelerator(mixed_precision="no", cpu=not cuda, kwargs_handlers=handlers)
+
+
+def run(args) -> int:
+    torch_threads()
+    if args.stage == "ldm":
+        overrides = ldm_overrides(args.overrides)
+    else:
+        overrides = parse_overrides(args.overrides)
+    cfg = load_config(args.config, overrides)
+    stage_key = "train" if args.stage == "vae" else "ldm_train"
+    run_dir = Path(cfg.run_dir or f"runs/{cfg.name}-{args.stage}")
+    if args.stage == "ldm":
+        check_vae_destination(run_dir)
+        vae_dir = run_dir / "vae" if (run_dir / "vae" / "config.yaml").is_file() else None
+        if vae_dir is None and cfg.vae_run is None:
+            raise ConfigError("no VAE: pass vae=VAE_RUN_DIR (a `ddmi train vae` run folder)")
+        cfg = stage2_config(cfg, vae_dir or Path(cfg.vae_run),
+                            data_dir_overridden="dir" in overrides.get("data", {}))
+    acc = accelerator(cfg[stage_key], unused_parameters=args.stage == "vae" and cfg.gan.enabled)
+    existing = (run_dir / "config.yaml").is_file()
+    acc.wait_for_everyone()            # every process has looked before the main one writes
+    prepare_run_dir(cfg, args.stage, run_dir, acc.is_main_process, existing=existing)
+    acc.wait_for_everyone()
+    torch.manual_seed(cfg.seed)
+    if args.stage == "vae":
+        task = make_vae_task(cfg, log=log if acc.is_main_process else (lambda m: None))
+    else:
+        task = LDMTask(cfg, run_dir, accelerator=acc, log=log)
+    precision = cfg[stage_key].mixed_precision
+    if acc.device.type != "cuda" and precision != "no":
+        if acc.is_main_process:
+            log(f"{stage_key}.mixed_precision={precision} applies on GPUs only: training in fp32 on the CPU")
+        precision = "no"
+    result = train(task, cfg[stage_key], run_dir, seed=cfg.seed, accelerator=acc, log=log,
+                   progress=not args.no_progress, precision=precision)
+    if acc.is_main_process:
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.last_logs.items())
+        log(f"{'stopped' if result.interrupted else 'finished'} at step {result.step}: {metrics}")
+        log(f"run folder: {run_dir}")
+    return 130 if result.interrupted else 0

@@ -1,0 +1,71 @@
+"""The NeRF domain: srn-cars objects (coloured point clouds + posed views); three latent planes;
+volume-rendered turntables at any resolution."""
+
+from __future__ import annotations
+
+from ddmi.domains.base import Domain
+from ddmi.domains.nerf import outputs
+from ddmi.domains.nerf.model import NeRFAutoencoder
+
+
+class NeRFDomain(Domain):
+    name = "nerf"
+    description = "NeRF: srn-cars objects (coloured point clouds + posed views), volume rendering"
+    run_metrics = ("fid", "kid", "psnr", "ssim")
+    default_metrics = {"ldm": ("fid", "kid"), "vae": ("psnr", "ssim")}
+    point_clouds = True
+    data_hint = " (srn-cars layout; see `ddmi synth nerf`)"
+
+    def validate(self, cfg, check):
+        nc = cfg.nerf
+        check(nc.num_points > 0, "nerf.num_points", "must be > 0")
+        check(nc.num_rays > 0 and nc.ray_views > 0, "nerf.num_rays", "num_rays and ray_views must be > 0")
+        check(0 < nc.near < nc.far, "nerf.near", f"need 0 < near < far, got {nc.near}, {nc.far}")
+        check(nc.num_samples >= 2 and nc.render_samples >= 2, "nerf.num_samples", "need >= 2 samples per ray")
+        check(nc.num_importance >= 0, "nerf.num_importance", "must be >= 0")
+        check(nc.half_extent > 0 and nc.points_scale > 0, "nerf.half_extent", "half_extent and points_scale must be > 0")
+        check(nc.fov is None or 0 < nc.fov < 3.14, "nerf.fov", "must be in (0, pi) radians")
+        check(0 <= nc.val_fraction < 1, "nerf.val_fraction", "must be in [0, 1)")
+        check(nc.render_chunk > 0 and nc.turntable_frames > 0, "nerf.render_chunk", "must be > 0")
+        check(nc.mlp_depth >= 1 and all(0 < k < nc.mlp_depth for k in nc.skips), "nerf.skips",
+              f"skip layers must be in 1..{nc.mlp_depth - 1}")
+        check(nc.multires >= 0 and nc.multires_views >= 0, "nerf.multires", "must be >= 0")
+        check(nc.rgb_weight > 0, "nerf.rgb_weight", "must be > 0")
+        check(nc.point_rgb_weight >= 0, "nerf.point_rgb_weight", "must be >= 0")
+        check(-30 <= nc.posterior_logvar_init <= 20, "nerf.posterior_logvar_init", "must be in [-30, 20]")
+        check(nc.pointnet_blocks >= 1 and nc.pointnet_hidden > 0 and nc.pointnet_channels > 0,
+              "nerf.pointnet_blocks", "PointNet sizes must be positive")
+
+    def build_autoencoder(self, cfg):
+        return NeRFAutoencoder(cfg)
+
+    def training_dataset(self, cfg, log):
+        return outputs.nerf_dataset(cfg, "train")
+
+    def preview_items(self, cfg, train):
+        return outputs.preview_objects(cfg)
+
+    def start_notice(self, cfg):
+        return outputs.colour_notice(cfg)
+
+    write_preview = staticmethod(outputs.write_preview)
+    probe = staticmethod(outputs.probe)
+
+    def encoder_dataset(self, cfg):
+        return outputs.nerf_dataset(cfg, "train", num_rays=0)
+
+    def write_latent_preview(self, ae, z, path):
+        return [outputs.ldm_sample_sheet(ae, z, path)]
+
+    sample_targets = staticmethod(outputs.sample_targets)
+    write_samples = staticmethod(outputs.write_samples)
+    evaluate_run = staticmethod(outputs.evaluate_run)
+
+    def reconstruct(self, args, ae, log):
+        return outputs.reconstruct_nerf_command(ae, args, log=log)
+
+    def synthesize(self, out, args):
+        from ddmi.data.synthetic_nerf import synth_nerf
+        return synth_nerf(out, num=args.num, seed=args.seed, overwrite=args.overwrite, split_test=args.test,
+                          resolution=args.resolution, views=args.views,
+                          num_points=2048 if args.points is None else args.points)
