@@ -20,9 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ddmi import domains
+from ddmi.diffusion import SAMPLERS
 from ddmi.errors import ConfigError
 
-SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp2m")
+SAMPLER_NAMES = tuple(SAMPLERS)   # the samplers are listed once, in ddmi.diffusion
 
 
 @dataclass
