@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from omegaconf import DictConfig
@@ -31,8 +31,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 Log = Callable[[str], None]
-# ``generate(num, seed) -> z``: ``num`` latents sampled by the run's (EMA) denoiser
-Generate = Callable[[int, int], torch.Tensor]
+# ``generate(num) -> (batches, sampler, steps)``: this process's share of ``num`` latents sampled by
+# the run's EMA denoiser, ``batches`` yielding ``(start, z)``
+Generate = Callable[[int], tuple]
 
 
 class Domain:
@@ -108,12 +109,16 @@ class Domain:
     def add_sample_options(self, parser: argparse.ArgumentParser) -> None:
         """Options of ``ddmi sample`` that only this domain reads."""
 
-    def sample_targets(self, args: argparse.Namespace, ae: nn.Module) -> list[Path]:
-        """Every file :meth:`write_samples` would write (checked before any compute)."""
+    def sample_targets(self, args: argparse.Namespace, ae: nn.Module, count: int) -> list[Path]:
+        """Every file :meth:`write_samples` would write for ``count`` samples (checked before any
+        compute)."""
         return []
 
-    def write_samples(self, args: argparse.Namespace, ae: nn.Module, z: torch.Tensor, log: Log) -> str:
-        """Write ``ddmi sample``'s files for latents ``z``; returns a one-line summary."""
+    def write_samples(self, args: argparse.Namespace, ae: nn.Module, batches: Iterable[tuple[int, torch.Tensor]],
+                      count: int, shard: Any, log: Log) -> str:
+        """Write ``ddmi sample``'s files: ``batches`` yields ``(start, z)`` for this process's share
+        of the ``count`` samples (``shard``: :class:`ddmi.devices.Shard`, which gathers what the
+        main process writes alone, such as grids). Returns a one-line summary."""
         raise NotImplementedError
 
     def reconstruct(self, args: argparse.Namespace, ae: nn.Module, log: Log) -> int:
@@ -121,8 +126,10 @@ class Domain:
         raise NotImplementedError(f"reconstruct is not available for the {self.name} domain")
 
     def evaluate_run(self, run_dir: Path, cfg: DictConfig, stage: str, ae: nn.Module, generate: Generate, *,
-                     metrics: list[str], options: dict, log: Log) -> dict[str, Any]:
-        """Figures of ``metrics`` for a run folder (``generate`` samples latents of LDM runs)."""
+                     metrics: list[str], num: int | None, resolution: int | None, batch_size: int,
+                     ref: str | None, seed: int, shard: Any, log: Log, **options) -> dict[str, Any]:
+        """Figures of ``metrics`` for a run folder; ``generate(num) -> (batches, sampler, steps)``
+        draws this process's share of ``num`` samples of an LDM run."""
         raise NotImplementedError(f"`ddmi eval` of {self.name} run folders is not available")
 
     def synthesize(self, out: Path, args: argparse.Namespace) -> list[Path]:
