@@ -1,5 +1,5 @@
 import sys
 
-from ddmi.cli import main
+from ddmi.cli import run_main
 
-sys.exit(main())
+sys.exit(run_main())

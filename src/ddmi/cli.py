@@ -147,5 +147,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def close_distributed() -> None:
+    """Under ``accelerate launch``: wait for every process, then tear the process group down
+    before the interpreter exits (left alive, gloo's threads can abort a finished process with
+    "terminate called without an active exception")."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def run_main() -> int:
+    """The process entry point (``ddmi`` and ``python -m ddmi``)."""
+    try:
+        return main()
+    finally:
+        close_distributed()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(run_main())
