@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import ast
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
@@ -19,6 +21,7 @@ from ddmi import domains
 from ddmi.cli import main
 from ddmi.config import load_config
 from ddmi.domains.base import Domain
+from ddmi.errors import ConfigError
 from ddmi.vae.posterior import DiagonalGaussian
 
 from conftest import TINY_IMAGE
@@ -164,9 +167,21 @@ class SignalAutoencoder(nn.Module):
         return l1 + 1e-4 * kl_weight * kl, {"l1": l1.detach(), "kl": kl.detach()}
 
 
+@dataclass
+class SignalConfig:
+    """The toy domain's own config section, ``signal``."""
+
+    length: int = 64
+
+
 class SignalDomain(Domain):
     name = "signal-1d"
     description = "1-D signals of 64 samples (a test domain)"
+    section = "signal"
+    section_schema = SignalConfig
+
+    def validate(self, cfg, check):
+        check(cfg.signal.length == 64, "signal.length", "this toy autoencoder reads 64 samples")
 
     def build_autoencoder(self, cfg):
         return SignalAutoencoder()
@@ -207,6 +222,9 @@ def test_a_domain_registered_from_outside_trains_both_stages_and_samples(tmp_pat
                  str(tmp_path / "out"), "--device", "cpu"]) == 0
     signals = [np.load(p) for p in sorted((tmp_path / "out").glob("signal_*.npy"))]
     assert len(signals) == 3 and all(s.shape == (64,) and np.isfinite(s).all() for s in signals)
+    assert "signal:\n  length: 64" in (tmp_path / "ldm" / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="signal.length"):   # the domain validates its own section
+        load_config(str(tmp_path / "signal.yaml"), ["signal.length=3"])
     assert (tmp_path / "ldm" / "latent-cache" / "latents.npy").is_file()
 
 

@@ -9,11 +9,9 @@ training, the stage-2 latent diffusion model and its training. Presets are YAML 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -28,8 +26,8 @@ SAMPLER_NAMES = tuple(SAMPLERS)   # the samplers are listed once, in ddmi.diffus
 
 @dataclass
 class DataConfig:
-    dir: Optional[str] = None          # training data folder
-    test_dir: Optional[str] = None     # optional held-out folder (reconstruction previews, rFID)
+    dir: str | None = None          # training data folder
+    test_dir: str | None = None     # optional held-out folder (reconstruction previews, rFID)
     resolution: int = 256              # encoder input size (the latent is resolution / f)
     hflip: bool = True                 # random horizontal flips
     skip_bad: bool = False             # skip unreadable files with a warning instead of failing
@@ -71,83 +69,9 @@ class VAELossConfig:
     sn_weight: float = 0.1
     sn_power_iters: int = 4
     multiscale: bool = True            # train on 1x / 1.5x / 2x crops with scale injection
-    lpips_weights: Optional[str] = None  # local LPIPS weights (combined file, or the heads file
-    lpips_backbone: Optional[str] = None  # with a torchvision VGG16 file here); none -> no LPIPS
+    lpips_weights: str | None = None  # local LPIPS weights (combined file, or the heads file
+    lpips_backbone: str | None = None  # with a torchvision VGG16 file here); none -> no LPIPS
     lpips_weight: float = 1.0
-
-
-@dataclass
-class ShapesConfig:
-    """The occupancy (3-D shape) domain: ONet data sampling, PointNet, meshing (spec 3.2, 7)."""
-
-    classes: Optional[list[str]] = None   # synsets to use; none = every synset folder
-    num_points: int = 3000             # encoder input: surface points drawn per shape
-    point_noise: float = 0.005         # std of the Gaussian noise added to them
-    num_queries: int = 2048            # occupancy supervision points per shape
-    padding: float = 0.1               # the box is (1 + padding) * [-0.5, 0.5]^3
-    threshold: float = 0.2             # occupancy probability of the extracted surface
-    pointnet_hidden: int = 256
-    pointnet_blocks: int = 7
-    pointnet_channels: int = 32        # channels of the PointNet planes (the VAE input)
-
-
-@dataclass
-class NeRFConfig:
-    """The NeRF (radiance field) domain: srn-cars data, coloured PointNet, field, rendering
-    (spec 3.3, 6). Depths ``near``/``far`` are along the camera axis (rays are not normalised)."""
-
-    category: str = "cars"             # ROOT/<category>/sampled/*.npz
-    val_fraction: float = 0.1          # held-out objects when there are no train.lst / val.lst
-    num_points: int = 2048             # encoder input: coloured points per object
-    point_noise: float = 0.0
-    points_scale: float = 1.0          # multiplies the clouds' xyz to reach the cameras' world frame
-    half_extent: float = 1.5           # world box [-h, h]^3 = the planes' extent (u = p / h)
-    fov: Optional[float] = None        # horizontal field of view (rad); none = srn-cars 0.6911112
-    num_rays: int = 5000               # supervision rays per object per step
-    ray_views: int = 1                 # views those rays are drawn from
-    near: float = 2.0
-    far: float = 6.0
-    num_samples: int = 256             # stratified samples per ray (training)
-    render_samples: int = 256          # stratified samples per ray (rendering)
-    num_importance: int = 0            # extra importance samples per ray (same field)
-    perturb: bool = True               # jitter the stratified samples in training
-    white_background: bool = True
-    render_chunk: int = 1024           # rays per chunk when rendering (x samples = field points)
-    rgb_weight: float = 20.0           # loss: rgb_weight * sum over rays of |rgb - gt|
-    point_rgb_weight: float = 0.0      # optional: + weight * sum over the encoder's points of |field rgb - point rgb|
-    mlp_depth: int = 6                 # field: layers of width mlp.hidden
-    skips: list[int] = field(default_factory=lambda: [2, 4])
-    multires: int = 10                 # positional-encoding frequencies of the position
-    multires_views: int = 4            # ... and of the view direction
-    pointnet_hidden: int = 256
-    pointnet_blocks: int = 7
-    pointnet_channels: int = 32
-    posterior_logvar_init: float = -6.0  # initial posterior log-variance (std 0.05); see docs/nerf.md
-    turntable_frames: int = 24         # `ddmi sample`: frames per turntable
-    turntable_radius: float = 4.0
-    turntable_elevation: float = 20.0  # degrees above the horizon
-
-
-@dataclass
-class VideoConfig:
-    """The video domain: clip length, the TimeSformer encoder and its axis collapsers, the
-    cross-plane attention of the plane decoder and of the tri-plane UNet (spec 3.4, 5.2). The
-    TimeSformer patch is the decoder's upsampling factor ``2 ** (len(vae.ch_mult) - 1)``."""
-
-    frames: int = 16                   # frames per training clip (a random window of a video)
-    fps: int = 8                       # frame rate of the written MP4 / GIF files
-    enc_dim: int = 384                 # TimeSformer width
-    enc_depth: int = 8
-    enc_heads: int = 8
-    enc_head_dim: int = 64
-    enc_ff_mult: int = 4               # GEGLU feed-forward expansion
-    collapse_depth: int = 4            # the three axis-collapsing ViTs
-    collapse_heads: int = 4
-    collapse_head_dim: int = 48
-    collapse_mlp: int = 512
-    cross_heads: int = 8               # decoder cross-plane attention heads
-    cross_expand: bool = True          # each head has the full channel width (official *-expand)
-    unet_cross_heads: int = 16         # tri-plane UNet: 1-D attention heads across the planes
 
 
 @dataclass
@@ -169,7 +93,7 @@ class TrainConfig:
     channels_last: bool = False        # channels-last memory format for the convolutions
     log_every: int = 10
     sample_every: int = 0              # 0 = only at the end
-    eval_every: Optional[int] = None   # cheap held-out metric: None = with the samples; 0 = off
+    eval_every: int | None = None   # cheap held-out metric: None = with the samples; 0 = off
     save_every: int = 500
     keep_checkpoints: int = 2
     max_nonfinite: int = 5             # consecutive non-finite steps tolerated before stopping
@@ -224,15 +148,12 @@ class DDMIConfig:
     name: str = "custom"
     domain: str = "image"
     seed: int = 0
-    run_dir: Optional[str] = None
-    vae_run: Optional[str] = None      # stage 2: the VAE run folder it was trained on
-    init: Optional[str] = None         # stage 1: start from this VAE run's weights (fresh optimiser)
+    run_dir: str | None = None
+    vae_run: str | None = None      # stage 2: the VAE run folder it was trained on
+    init: str | None = None         # stage 1: start from this VAE run's weights (fresh optimiser)
     data: DataConfig = field(default_factory=DataConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
-    shapes: ShapesConfig = field(default_factory=ShapesConfig)
-    nerf: NeRFConfig = field(default_factory=NeRFConfig)
-    video: VideoConfig = field(default_factory=VideoConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
     gan: GANConfig = field(default_factory=GANConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -241,6 +162,28 @@ class DDMIConfig:
 
 
 # ------------------------------------------------------------------------------------------
+
+
+def config_schema() -> DictConfig:
+    """The schema: :class:`DDMIConfig` plus the config section of every domain (``shapes``,
+    ``nerf``, ``video``, a plug-in's own), so that any run folder's config loads whatever its
+    domain."""
+    schema = OmegaConf.structured(DDMIConfig)
+    OmegaConf.set_struct(schema, False)
+    for name in domains.names():
+        domain = domains.get(name)
+        if domain.section and domain.section_schema is not None and domain.section not in schema:
+            schema[domain.section] = OmegaConf.structured(domain.section_schema)
+    OmegaConf.set_struct(schema, True)
+    return schema
+
+
+def domain_view(cfg: DictConfig) -> dict:
+    """``cfg`` as a plain dict without the sections of the other domains (what ``ddmi info``
+    prints)."""
+    own = domains.get(cfg.domain).section
+    others = {domains.get(n).section for n in domains.names()} - {own, None}
+    return {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in others}
 
 
 def list_presets() -> list[str]:
@@ -310,7 +253,7 @@ def load_config(source: str | dict, overrides: list[str] | dict | None = None) -
         data, name = source, "<dict>"
     else:
         data, name = _read_yaml(source)
-    schema = OmegaConf.structured(DDMIConfig)
+    schema = config_schema()
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     try:
@@ -406,5 +349,3 @@ def with_overrides(cfg: DictConfig, overrides: dict) -> DictConfig:
     return load_config(OmegaConf.to_container(cfg, resolve=True), overrides)
 
 
-def schema_defaults() -> dict[str, Any]:
-    return dataclasses.asdict(DDMIConfig())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ddmi.config import list_presets, load_config, to_yaml
+from omegaconf import OmegaConf
+
+from ddmi.config import domain_view, list_presets, load_config
 from ddmi.models import parameter_counts
 
 
@@ -13,7 +15,7 @@ def run(args) -> int:
         return 0
     cfg = load_config(args.config, args.overrides)
     if not args.quiet:
-        print(to_yaml(cfg))
+        print(OmegaConf.to_yaml(domain_view(cfg)))   # only this domain's own section
     for name, count in parameter_counts(cfg).items():
         print(f"{name}: {count}")
     return 0

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from ddmi.domains.base import Domain
 from ddmi.domains.nerf import outputs
+from ddmi.domains.nerf.config import NeRFConfig
 from ddmi.domains.nerf.model import NeRFAutoencoder
 
 
 class NeRFDomain(Domain):
     name = "nerf"
+    section = "nerf"
+    section_schema = NeRFConfig
     description = "NeRF: srn-cars objects (coloured point clouds + posed views), volume rendering"
     run_metrics = ("fid", "kid", "psnr", "ssim")
     default_metrics = {"ldm": ("fid", "kid"), "vae": ("psnr", "ssim")}

@@ -8,6 +8,7 @@ import torch
 from ddmi.data.shapes import ShapesDataset, split_item
 from ddmi.domains.base import Domain
 from ddmi.domains.occupancy import evaluation, meshes
+from ddmi.domains.occupancy.config import ShapesConfig
 from ddmi.domains.occupancy.model import OccupancyAutoencoder, occupancy_iou
 from ddmi.errors import DataError
 from ddmi.render.mesh import write_png
@@ -22,6 +23,8 @@ def _shapes(cfg, root, split: str, *, num_queries: int | None = None) -> ShapesD
 
 class OccupancyDomain(Domain):
     name = "occupancy"
+    section = "shapes"
+    section_schema = ShapesConfig
     synth_name = "shapes"
     description = "3-D shapes: occupancy fields of ONet-layout shapes (point clouds in, meshes out)"
     run_metrics = ("mmd-cd", "cov-cd", "1nna-cd", "iou")

@@ -10,6 +10,7 @@ import torch
 from ddmi.data.videos import VideoFolderDataset
 from ddmi.domains.base import Domain, unet_arguments
 from ddmi.domains.video import outputs
+from ddmi.domains.video.config import VideoConfig
 from ddmi.domains.video.model import VideoAutoencoder, video_spec
 from ddmi.errors import DataError
 from ddmi.nn.discriminator import VideoDiscriminator
@@ -23,6 +24,8 @@ def _clips(cfg, root, split: str, *, skip_bad: bool, log=print) -> VideoFolderDa
 
 class VideoDomain(Domain):
     name = "video"
+    section = "video"
+    section_schema = VideoConfig
     description = "video: frame folders or video files; clips at any size and frame count"
     run_metrics = ("fvd", "rfvd", "psnr", "ssim")
     default_metrics = {"ldm": ("fvd",), "vae": ("psnr", "ssim")}
