@@ -132,6 +132,31 @@ class Domain:
         draws this process's share of ``num`` samples of an LDM run."""
         raise NotImplementedError(f"`ddmi eval` of {self.name} run folders is not available")
 
+    # --- official checkpoints (``ddmi import-official``; docs/official-checkpoints.md) ------------
+    def official_config(self, sections: dict[str, dict[str, torch.Tensor]], cfg: DictConfig,
+                        official: dict | None = None) -> dict:
+        """Config overrides (a nested dict of ddmi keys) under which :meth:`build_autoencoder`
+        computes the official function of the official stage-1 ``sections`` (``{"vaemodel" or
+        "model", "mlp", "pointnet": state dict}``): architecture sizes inferred from the tensor
+        shapes (or taken from ``official``, the official YAML as a dict, when given), and the
+        official-compatibility switches of this domain's config section turned on. A shape that
+        contradicts ``official`` is a :class:`~ddmi.errors.CheckpointError`."""
+        raise NotImplementedError(f"official checkpoints of the {self.name} domain cannot be imported")
+
+    def official_autoencoder_state(self, sections: dict[str, dict[str, torch.Tensor]],
+                                   cfg: DictConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """The official stage-1 ``sections`` as the state dict of ``build_autoencoder(cfg)``
+        (``cfg`` carries :meth:`official_config`'s overrides): ``(state, unused)``, where
+        ``unused`` names every official key (``"section.key"``) that has no place in ddmi."""
+        raise NotImplementedError(f"official checkpoints of the {self.name} domain cannot be imported")
+
+    def official_denoiser_state(self, diffusion: dict[str, torch.Tensor],
+                                cfg: DictConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """An official ``DDPM`` state dict (``mixing_logit``, schedule buffers, ``model.*``) as the
+        state dict of ddmi's diffusion model for ``cfg``: ``(state, unused)``."""
+        from ddmi.official.denoiser import ddpm_state
+        return ddpm_state(diffusion, cfg)
+
     def synthesize(self, out: Path, args: argparse.Namespace) -> list[Path]:
         """``ddmi synth NAME OUT``: a synthetic dataset this domain trains on."""
         raise NotImplementedError(f"no synthetic data for the {self.name} domain")
