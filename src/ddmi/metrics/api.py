@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddmi.data.npz import load_points
 from ddmi.errors import ConfigError, DataError
 
 __all__ = ["available_metrics", "evaluate_folders"]
@@ -84,12 +85,7 @@ def load_point_clouds(folder: str | os.PathLike, *, num: int | None = None, seed
         files = [files[i] for i in keep]
     clouds = []
     for f in files:
-        try:
-            data = np.load(f)
-            pts = data["points"] if isinstance(data, np.lib.npyio.NpzFile) else data
-            pts = np.asarray(pts, dtype=np.float32)
-        except (OSError, KeyError, ValueError) as exc:
-            raise DataError(f"cannot read point cloud {f}: {exc}") from exc
+        pts = np.asarray(load_points(f), dtype=np.float32)     # bounded; a DataError naming f
         if pts.ndim != 2 or pts.shape[1] != 3 or (clouds and pts.shape != clouds[0].shape):
             raise DataError(f"point cloud {f} has shape {pts.shape}; expected (P, 3) with the same P in every file")
         clouds.append(pts)

@@ -23,6 +23,7 @@ import torch
 from ddmi.data.images import IMAGE_EXTENSIONS
 from ddmi.data.images import list_images as _list_training_images
 from ddmi.data.images import load_image as _load_training_image
+from ddmi.data.npz import load_npz
 from ddmi.errors import DataError
 from ddmi.metrics.frechet import frechet_distance_of_features, kid
 
@@ -134,11 +135,10 @@ def folder_features(
         path = _cache_path(files, root, extractor, Path(cache_dir) if cache_dir else default_cache_dir(), num, seed)
         if path.is_file():
             try:
-                with np.load(path) as data:
-                    feats = data["features"]
+                feats = load_npz(path, ("features",))["features"]
                 if feats.shape[0] == len(files):
                     return feats.astype(np.float64)
-            except (OSError, KeyError, ValueError):
+            except DataError:
                 pass  # unreadable cache: recompute and overwrite
 
     batches = range(0, len(files), batch_size)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ddmi.data.images import resize
+from ddmi.data.npz import load_npz
 from ddmi.errors import DataError
 from ddmi.metrics.fid import to_uint8
 
@@ -41,9 +42,12 @@ def reference_features(cfg, folder: str, resolution: int, num, seed, extractor, 
     key = hashlib.sha256(sig.encode()).hexdigest()[:16]  # the file also stores the signature
     path = cache_dir / f"ref-features-{resolution}-{key}.npz"
     if path.is_file():
-        with np.load(path, allow_pickle=False) as f:
-            if str(f["signature"]) == sig:
-                return f["features"]
+        try:
+            cached = load_npz(path, ("features", "signature"))
+            if str(cached["signature"]) == sig:
+                return cached["features"]
+        except DataError as exc:     # a damaged cache (interrupted, disk full) is recomputed
+            log(f"ignoring the feature cache {path.name}: {exc}")
     log(f"computing reference features of {folder} at {resolution}x{resolution}")
     feats = features_from_batches((b for b, _ in images_uint8(ds, num=num, resolution=resolution, seed=seed,
                                                                 batch_size=50)), extractor)
