@@ -18,6 +18,7 @@ so a kill at any moment leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -60,10 +61,32 @@ def state_dict_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def init_run_dir(run_dir: Path, cfg: DictConfig, stage: str) -> None:
+    """Make ``run_dir`` a run folder of ``stage``: ``run.yaml`` first (with ``started: false``,
+    so that a start that fails before training leaves a folder the corrected command accepts),
+    then ``config.yaml``; :func:`mark_started` once the run's data and models are built."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    info = {"stage": stage, "domain": cfg.domain, "ddmi_version": __version__}
+    info = {"stage": stage, "domain": cfg.domain, "ddmi_version": __version__, "started": False}
     atomic_write_text(run_dir / "run.yaml", yaml.safe_dump(info))
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+
+
+def run_started(run_dir: Path) -> bool:
+    """Whether the run's first start succeeded: False when ``run.yaml`` says ``started: false``,
+    or when its start was cut short (``run.yaml`` unreadable, no ``config.yaml``: a full disk)."""
+    try:
+        info = yaml.safe_load((Path(run_dir) / "run.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(info, dict) and info.get("started", True) is not False \
+        and (Path(run_dir) / "config.yaml").is_file()
+
+
+def mark_started(run_dir: Path) -> None:
+    """Record in ``run.yaml`` that the run's first start succeeded (its config is now fixed)."""
+    info = read_run_info(run_dir)
+    if not info.get("started", True):
+        info["started"] = True
+        atomic_write_text(Path(run_dir) / "run.yaml", yaml.safe_dump(info))
 
 
 def read_run_info(run_dir: Path) -> dict:
@@ -129,6 +152,14 @@ def save_checkpoint(run_dir: Path, step: int, *, weights: dict[str, dict[str, to
         _fsync_dir(folder)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
+    except (OSError, RuntimeError, SafetensorError) as exc:   # torch.save on a full disk: RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(run_dir)
+        kept = f"{previous.name} is intact" if previous else "no earlier checkpoint exists"
+        full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC or shutil.disk_usage(folder).free < 1 << 20
+        reason = "no space left on device" if full else str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"cannot write checkpoint {final}: {reason}; {kept}. Free some space and re-run "
+                              "the same command to resume") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -127,6 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def one_line(exc: BaseException) -> str:
+    """The line printed for an expected failure: a ddmi error (also when a DataLoader worker
+    re-raised it, with the worker's traceback in its message) or an OS error (a full disk, a
+    missing file, no permission), with what to do."""
+    import errno
+    if isinstance(exc, OSError) and not isinstance(exc, DDMIError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        what = exc.strerror or str(exc)
+        if exc.errno == errno.ENOSPC:
+            return (f"{where}no space left on device; free some space and re-run the same command "
+                    "(a training run resumes from its last complete checkpoint)")
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return f"{where}permission denied; choose a folder you can write to"
+        return f"{where}{what}"
+    text = str(exc).strip()
+    if "DataLoader worker process" in text and "Original Traceback" in text:
+        last = text.splitlines()[-1]             # "ddmi.errors.DataError: the message"
+        text = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -137,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except DDMIError as exc:
+    except (DDMIError, OSError) as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

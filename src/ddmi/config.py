@@ -96,7 +96,9 @@ class TrainConfig:
     eval_every: int | None = None   # cheap held-out metric: None = with the samples; 0 = off
     save_every: int = 500
     keep_checkpoints: int = 2
-    max_nonfinite: int = 5             # consecutive non-finite steps tolerated before stopping
+    max_nonfinite: int = 5             # consecutive non-finite / exploding steps tolerated before stopping
+    divergence_factor: float = 1000.0  # a loss over this x the median of the last 100 is divergence
+                                       # (the step is skipped, no checkpoint is written); 0 = off
 
 
 @dataclass
@@ -313,6 +315,8 @@ def validate(cfg: DictConfig) -> None:
         check(t.sample_every >= 0, f"{section}.sample_every", "must be >= 0")
         check(t.eval_every is None or t.eval_every >= 0, f"{section}.eval_every", "must be >= 0 (or null)")
         check(t.keep_checkpoints >= 1, f"{section}.keep_checkpoints", "must be >= 1")
+        check(t.divergence_factor == 0 or t.divergence_factor > 1, f"{section}.divergence_factor",
+              "must be 0 (off) or > 1")
     check(cfg.ldm.sampler in SAMPLER_NAMES, "ldm.sampler",
           f"'{cfg.ldm.sampler}' is not one of {', '.join(SAMPLER_NAMES)}")
     check(cfg.ldm.sample_steps > 0, "ldm.sample_steps", "must be > 0")

@@ -35,9 +35,30 @@ from torch.utils.data import DataLoader, Dataset
 from ddmi import checkpoint as ckpt
 from ddmi.errors import DDMIError
 
-NONFINITE_HELP = ("the run's last checkpoint is intact. Remedies: raise the spectral regularisation "
-                  "(loss.sn_weight / loss.sn_init, stage 1), lower the learning rate (train.lr), or "
-                  "set train.grad_clip")
+NONFINITE_HELP = ("Remedies: raise the spectral regularisation (loss.sn_weight / loss.sn_init, stage 1), "
+                  "lower the learning rate (train.lr), or set train.grad_clip; these keys may change "
+                  "when a run resumes, so re-run the same command with the remedy added")
+
+
+class LossWatch:
+    """Flags a step whose loss is non-finite or explodes: larger than ``factor`` times the median
+    of the last ``window`` accepted losses (once ``warmup`` of them are known; ``factor`` 0 = only
+    non-finite losses). Such a step is skipped like a non-finite one, and the checkpoint due in
+    its save interval is not written, so the kept checkpoints predate the divergence."""
+
+    def __init__(self, factor: float, window: int = 100, warmup: int = 10):
+        self.factor, self.window, self.warmup = factor, window, warmup
+        self.history: list[float] = []
+
+    def explodes(self, loss: float) -> bool:
+        if not math.isfinite(loss):
+            return False
+        if self.factor > 0 and len(self.history) >= self.warmup:
+            baseline = float(np.median(self.history[-self.window:]))
+            if abs(loss) > self.factor * max(abs(baseline), 1e-8):
+                return True
+        self.history = [*self.history[-self.window + 1:], loss]
+        return False
 
 
 class Task:
@@ -343,6 +364,8 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
         bar = tqdm(total=tc.steps, initial=start_step, desc=f"train {task.stage}", dynamic_ncols=True)
 
     step, nonfinite, last_logs, interrupted = start_step, 0, {}, False
+    watch = LossWatch(tc.get("divergence_factor", 0.0))
+    tainted: int | None = None       # first diverging step since the last checkpoint
     t0 = time.perf_counter()
     task.module.train()
     with _Interrupt() as interrupt:
@@ -352,6 +375,7 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
                 group["lr"] = lr
             sums: dict[str, float] = {}
             bad = torch.zeros((), device=device)
+            total = torch.zeros((), device=device)
             logged: dict[str, torch.Tensor] = {}
             for micro in range(tc.grad_accum):
                 images = next(batches)
@@ -367,6 +391,7 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
                     if not torch.isfinite(loss):
                         bad += 1
                         loss = loss * 0.0  # keep the collective calls in step across processes
+                    total += loss.detach().float() / tc.grad_accum
                     acc.backward(scaler.scale(loss / tc.grad_accum))
                 for k, v in logs.items():
                     logged[k] = logged.get(k, 0.0) + v.detach().float() / tc.grad_accum
@@ -376,19 +401,27 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
                 vec = acc.reduce(vec, reduction="mean") if world > 1 else vec
                 sums = {k: float(v) for k, v in zip(names, vec)}
             bad = acc.reduce(bad, reduction="sum") if world > 1 else bad
+            total = acc.reduce(total, reduction="mean") if world > 1 else total
+            exploded = bad.item() == 0 and watch.explodes(float(total))
             grads_ok = gradients_finite(task.parameters())   # the same on every process (all-reduced)
             # fp16: non-finite gradients with a finite loss are an overflow of the loss scale; the
             # scaler skips the step and halves the scale, and it is not divergence
             overflow = scaler.is_enabled() and not grads_ok and bad.item() == 0
-            if bad.item() > 0 or not (grads_ok or overflow):
+            if exploded or bad.item() > 0 or not (grads_ok or overflow):
                 optimizer.zero_grad(set_to_none=True)
                 nonfinite += 1
+                tainted = tainted if tainted is not None else step
+                what = (f"loss {float(total):.4g} exploded (over {watch.factor:g}x the recent median)"
+                        if exploded else "non-finite loss or gradient")
                 if main:
-                    log(f"step {step}: non-finite loss or gradient, step skipped ({nonfinite} in a row)")
+                    log(f"step {step}: {what}, step skipped ({nonfinite} in a row)")
                 if nonfinite >= tc.max_nonfinite:
                     logger.close()
-                    raise DDMIError(f"training diverged: non-finite loss or gradients for {nonfinite} "
-                                    f"steps in a row at step {step}; {NONFINITE_HELP}")
+                    good = ckpt.latest_checkpoint(run_dir)
+                    kept = (f"the last good checkpoint is {good} (written before the divergence; the "
+                            "run resumes from it)" if good else "no checkpoint was written")
+                    raise DDMIError(f"training diverged at step {step}: {what} for {nonfinite} steps in a "
+                                    f"row; {kept}. {NONFINITE_HELP}")
                 step += 1
                 continue
             nonfinite = 0
@@ -417,10 +450,15 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
             if eval_every and step % eval_every == 0 and step < tc.steps:
                 evaluate(step)
             if step % tc.save_every == 0 or step == tc.steps:
-                save(step)
+                if tainted is None or step == tc.steps:      # the last step itself was a good one
+                    save(step)
+                elif main:
+                    log(f"step {step}: no checkpoint written: the loss diverged at step {tainted} since the "
+                        "last one, which is kept as the last good checkpoint")
+                tainted = None
             if interrupt.requested or (stop_after is not None and step >= stop_after):
                 interrupted = interrupt.requested
-                if step % tc.save_every != 0 and step != tc.steps:
+                if step % tc.save_every != 0 and step != tc.steps and tainted is None:
                     save(step)
                 if main and interrupted:
                     log(f"interrupted: saved a checkpoint at step {step}; run the same command to resume")
