@@ -55,3 +55,31 @@ def test_pruning_never_follows_a_symlinked_checkpoint(tmp_path):
     assert (outside / ckpt.MARKER).is_file()
     assert (outside / "model.safetensors").is_file()
     assert [p.name for p in ckpt.list_checkpoints(run)][-1] == "step-00000004"
+
+
+def test_synth_overwrite_with_fewer_items_leaves_only_the_new_dataset_and_the_users_files(tmp_path):
+    out = tmp_path / "videos"
+    common = ["synth", "video", str(out), "--frames", "2", "--resolution", "8", "--test", "1"]
+    assert main([*common, "--num", "4"]) == 0
+    (out / "train" / "my-notes.txt").write_text("mine")
+    assert main([*common, "--num", "2", "--overwrite"]) == 0
+    from ddmi.data.videos import VideoFolderDataset
+    assert len(VideoFolderDataset(out, frames=2, resolution=8)) == 2
+    assert (out / "train" / "my-notes.txt").read_text() == "mine"
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_any_compute(tmp_path, capsys):
+    target = tmp_path / "out"
+    target.write_text("a file")
+    assert main(["synth", "image", str(target), "--num", "2", "--resolution", "8"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert target.read_text() == "a file"
+
+
+def test_an_empty_run_config_is_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.yaml").write_text("stage: vae\ndomain: image\n")
+    (run / "config.yaml").write_text("")
+    assert main(["reconstruct", str(run), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "config.yaml is empty" in capsys.readouterr().err

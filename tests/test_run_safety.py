@@ -190,4 +190,4 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_bitwise_once_there_is_space
             b = _weights(folder)
             assert all(torch.equal(a[k], b[k]) for k in a), folder
     finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

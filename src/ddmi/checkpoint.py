@@ -105,6 +105,12 @@ def read_run_info(run_dir: Path) -> dict:
 
 
 def load_run_config(run_dir: Path) -> DictConfig:
+    path = Path(run_dir) / "config.yaml"
+    try:
+        if not path.read_text().strip():
+            raise CheckpointError(f"{path} is empty (a damaged run folder)")
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
     try:
         return load_config(str(Path(run_dir) / "config.yaml"))
     except ConfigError as exc:

@@ -36,6 +36,13 @@ def check_options(args, *names: str) -> None:
         raise ConfigError(f"--eta must be >= 0, got {args.eta}")
 
 
+def check_out_folder(path) -> None:
+    """``--out`` / ``OUT_DIR`` must name a folder (or nothing yet): checked before any compute."""
+    from pathlib import Path
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(f"{path} is a file, not a folder: choose a folder for the output")
+
+
 def device_option(args):
     """``--device`` checked before any work starts (a one-line error for a bad name, an absent
     GPU, or ``meta``); ``None`` when not given (then: the launcher's device under ``accelerate

@@ -4,13 +4,14 @@ run's domain reads and writes the files)."""
 from __future__ import annotations
 
 from ddmi import domains
-from ddmi.commands.options import check_options, device_option, log, torch_threads
+from ddmi.commands.options import check_options, check_out_folder, device_option, log, torch_threads
 from ddmi.devices import default_device
 from ddmi.runs import load_autoencoder
 
 
 def run(args) -> int:
     check_options(args, "resolution", "views", "frames")
+    check_out_folder(args.out)
     device = device_option(args) or default_device()
     torch_threads()
     ae = load_autoencoder(args.run_dir, device=device)

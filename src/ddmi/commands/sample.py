@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ddmi import checkpoint as ckpt
-from ddmi.commands.options import check_options, device_option, log as log_line, torch_threads
+from ddmi.commands.options import check_options, check_out_folder, device_option, log as log_line, torch_threads
 from ddmi import domains
 from ddmi.devices import Shard
 from ddmi.errors import ConfigError
@@ -46,6 +46,7 @@ def sample_command(args, log=print) -> int:
 
 def run(args) -> int:
     check_options(args, "num", "resolution", "steps", "batch_size", "frames")
+    check_out_folder(args.out)
     args.device = device_option(args)
     torch_threads()
     return sample_command(args, log=log_line)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from ddmi import domains
-from ddmi.commands.options import log
+from ddmi.commands.options import check_out_folder, log
+from ddmi.files import atomic_write_text
+
+MANIFEST = ".ddmi-synth.json"    # the files `ddmi synth` wrote here: the only ones it ever deletes
 
 
 def domain_of(kind: str) -> str:
@@ -15,7 +21,24 @@ def domain_of(kind: str) -> str:
     return kind
 
 
+def _previous(out: Path) -> list[Path]:
+    try:
+        return [out / p for p in json.loads((out / MANIFEST).read_text())["files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def run(args) -> int:
-    paths = domains.get(domain_of(args.kind)).synthesize(args.out_dir, args)
-    log(f"wrote {len(paths)} {args.kind} files under {args.out_dir}")
+    out = Path(args.out_dir)
+    check_out_folder(out)
+    before = _previous(out) if args.overwrite else []
+    paths = [Path(p) for p in domains.get(domain_of(args.kind)).synthesize(args.out_dir, args)]
+    written = {p.resolve() for p in paths}
+    stale = [p for p in before if p.resolve() not in written and p.is_file() and not p.is_symlink()]
+    for p in stale:                # an earlier, larger dataset of ours: without them it is this one
+        p.unlink()
+    atomic_write_text(out / MANIFEST, json.dumps({"kind": args.kind, "files": sorted(
+        str(p.resolve().relative_to(out.resolve())) for p in paths if p.resolve().is_relative_to(out.resolve()))}))
+    log(f"wrote {len(paths)} {args.kind} files under {args.out_dir}"
+        + (f" (removed {len(stale)} files of the earlier dataset there)" if stale else ""))
     return 0
