@@ -28,7 +28,8 @@ from conftest import TINY_IMAGE
 
 PACKAGE = Path(ddmi.__file__).parent
 BUILTIN = ("image", "occupancy", "nerf", "video")
-DRIVERS = ("ddmi.training", "ddmi.commands", "ddmi.cli", "ddmi.runs", "ddmi.generate", "ddmi.models")
+DRIVERS = ("ddmi.training", "ddmi.commands", "ddmi.cli", "ddmi.runs", "ddmi.generate", "ddmi.models",
+           "ddmi.pipeline")
 
 
 def _module_name(path: Path) -> str:
