@@ -18,29 +18,32 @@ COMMANDS = {"info": "ddmi.commands.info", "synth": "ddmi.commands.synth", "train
 
 
 def _run(args) -> int:
-    """Each verb lives in ``ddmi.commands.<verb>`` as ``run(args)``; it is imported only when
-    used, so ``ddmi --help`` does not load torch."""
+    """Each verb lives in ``ddmi.commands.<verb>`` as ``run(args)``, imported only when used."""
     return importlib.import_module(COMMANDS[args.command]).run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ddmi.diffusion import SAMPLERS          # the samplers are listed once, there
+    from ddmi.preset_files import preset_table
+    samplers = list(SAMPLERS)
     p = argparse.ArgumentParser(prog="ddmi", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("info", help="show a preset's resolved config and parameter counts")
-    s.add_argument("config", nargs="?", help="preset name or YAML path")
+    s = sub.add_parser("info", help="show a preset's resolved config and parameter counts",
+                       epilog="presets:\n" + preset_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("config", nargs="?", help="preset name or YAML path (see the list below)")
     s.add_argument("overrides", nargs="*", help="key=value overrides")
-    s.add_argument("--list", action="store_true", help="list the presets")
+    s.add_argument("--list", action="store_true", help="list the presets with one-line descriptions")
     s.add_argument("--quiet", "-q", action="store_true", help="only the parameter counts")
     s.set_defaults(func=_run)
 
     s = sub.add_parser("synth", help="write a synthetic dataset")
-    s.add_argument("kind", choices=["image", "shapes", "nerf", "video"])
-    s.add_argument("out_dir")
-    s.add_argument("--num", type=int, default=1000)
-    s.add_argument("--resolution", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("kind", choices=["image", "shapes", "nerf", "video"], help="which domain's data")
+    s.add_argument("out_dir", help="folder to write (OUT/train, OUT/test or val, per the domain's layout)")
+    s.add_argument("--num", type=int, default=1000, help="training items to write (default: %(default)s)")
+    s.add_argument("--resolution", type=int, default=64, help="image / frame / view size in pixels (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="random seed of the dataset (default: %(default)s)")
     s.add_argument("--test", type=int, default=0,
                    help="also write this many test items (video: val videos, default num // 8, at least 1)")
     s.add_argument("--style", choices=["scenes", "simple"], default="scenes",
@@ -51,23 +54,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shapes: query points and surface points per shape (default 30k; ONet's files hold "
                    "100k; training draws 2048 + 3000 per step); nerf: coloured points per object (default 2048)")
     s.add_argument("--views", type=int, default=50, help="nerf: posed views per object (rendered at --resolution)")
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="replace an earlier synthetic dataset in OUT_DIR")
     s.set_defaults(func=_run)
 
-    s = sub.add_parser("train", help="train stage 1 (vae) or stage 2 (ldm); re-run to resume")
-    s.add_argument("stage", choices=["vae", "ldm"])
-    s.add_argument("config", help="preset name or YAML path")
-    s.add_argument("overrides", nargs="*", help="key=value overrides (ldm: vae=VAE_RUN_DIR)")
-    s.add_argument("--no-progress", action="store_true")
+    s = sub.add_parser("train", help="train stage 1 (vae) or stage 2 (ldm); re-run to resume",
+                       epilog="presets:\n" + preset_table() + "\n\nexample: ddmi train vae image-tiny "
+                       "data.dir=data/shapes/train run_dir=runs/vae", formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("stage", choices=["vae", "ldm"], help="vae: the D2C-VAE (stage 1); ldm: the latent diffusion model")
+    s.add_argument("config", help="preset name (see below) or YAML path")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.dir=DIR run_dir=DIR train.steps=N "
+                   "(ldm: vae=VAE_RUN_DIR); `ddmi info PRESET` shows every key")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     s.set_defaults(func=_run)
 
     s = sub.add_parser("reconstruct", help="encode images (point clouds for shapes, srn-cars .npz objects "
                        "for NeRF, video files or frame folders for video) and render them at any resolution "
                        "(meshes: grid resolution; videos: also any --frames)")
-    s.add_argument("run_dir")
-    s.add_argument("inputs", nargs="+")
-    s.add_argument("--out", required=True)
-    s.add_argument("--resolution", type=int, default=None)
+    s.add_argument("run_dir", help="a VAE or LDM run folder")
+    s.add_argument("inputs", nargs="+", help="files to encode (images; .npy/.npz/.ply/.obj point clouds or meshes; "
+                   "srn-cars .npz; videos or frame folders)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--resolution", type=int, default=None,
+                   help="render size (meshes: grid resolution; default: the training resolution)")
     s.add_argument("--views", type=int, default=8,
                    help="nerf: how many of each object's views to render (evenly spaced), with PSNR")
     s.add_argument("--frames", type=int, action="append", default=None,
@@ -77,27 +85,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None,
                    help="torch device to run on, e.g. cuda, cuda:1, cpu (default: cuda when available, "
                    "else cpu)")
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.set_defaults(func=_run)
 
     s = sub.add_parser("sample", help="generate samples from an LDM run")
-    s.add_argument("run_dir")
-    s.add_argument("--num", type=int, default=16)
-    s.add_argument("--out", required=True)
+    s.add_argument("run_dir", help="an LDM run folder (`ddmi train ldm` or `ddmi import-official`)")
+    s.add_argument("--num", type=int, default=16, help="samples to generate (default: %(default)s)")
+    s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--resolution", type=int, action="append", default=None,
                    help="render size, or mesh grid resolution for shapes (default 128); repeat for several")
     s.add_argument("--frames", type=int, action="append", default=None,
                    help="video: frame count to render (continuous time: any count, e.g. 2x the "
                    "training clip length); repeat for several")
-    s.add_argument("--sampler", default=None)
-    s.add_argument("--steps", type=int, default=None)
-    s.add_argument("--eta", type=float, default=0.0)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--sampler", default=None, metavar="SAMPLER",
+                   help=f"{', '.join(samplers)} (default: the run's ldm.sampler)")
+    s.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (default: the run's ldm.sample_steps for its sampler)")
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity, 0 = deterministic (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="noise seed; sample i of a seed is always the same (default: %(default)s)")
+    s.add_argument("--batch-size", type=int, default=16, help="latents sampled at once (default: %(default)s)")
     s.add_argument("--interpolate", action="store_true",
                    help="write a strip of --num samples between the noises of seeds --seed and --seed+1")
     s.add_argument("--no-ema", action="store_true", help="use the online weights instead of the EMA")
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.add_argument("--device", default=None,
                    help="torch device to run on, e.g. cuda, cuda:1, cpu (default: cuda when available, "
                    "else cpu; under `accelerate launch`, each process's own device)")
@@ -106,14 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("eval", help="measure a run folder or a folder of generated files")
     s.add_argument("path", help="a run folder (samples, then measures) or a folder of files (needs --ref)")
     s.add_argument("--metric", action="append", default=None,
-                   help="fid, kid, rfid, psnr, ssim, fvd, mmd-cd, cov-cd, 1nna-cd (repeat; default: by domain)")
+                   help="fid, kid, rfid, psnr, ssim, iou, fvd, rfvd, mmd-cd, cov-cd, 1nna-cd (repeat; default: "
+                   "by domain and stage, see docs/metrics.md)")
     s.add_argument("--num", type=int, default=None, help="samples to generate / items to use (LDM default 1000)")
     s.add_argument("--ref", default=None, help="reference folder (default: the run's data)")
-    s.add_argument("--i3d", default=None, help="local I3D weights for FVD")
-    s.add_argument("--batch-size", type=int, default=50)
-    s.add_argument("--resolution", type=int, default=None)
-    s.add_argument("--sampler", default=None)
-    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--i3d", default=None, help="local I3D weights file for FVD (docs/metrics.md says where "
+                   "they come from; nothing is downloaded)")
+    s.add_argument("--batch-size", type=int, default=50, help="items per batch (default: %(default)s)")
+    s.add_argument("--resolution", type=int, default=None, help="generation / rendering size (default: by domain)")
+    s.add_argument("--sampler", default=None, metavar="SAMPLER",
+                   help=f"{', '.join(samplers)} (default: the run's ldm.sampler)")
+    s.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's)")
     s.add_argument("--json", default=None, help="where to write the figures (default: in the run folder)")
     s.add_argument("--device", default=None,
                    help="torch device to run on, e.g. cuda, cuda:1, cpu (default: cuda when available, "
@@ -121,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_run)
 
     s = sub.add_parser("demo", help="synthetic data -> VAE -> LDM -> samples, in minutes on a CPU")
-    s.add_argument("--out", default="demo_out")
+    s.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
     s.add_argument("--quick", action="store_true", help="a much shorter run (for smoke tests)")
     s.set_defaults(func=_run)
     return p

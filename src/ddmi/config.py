@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ddmi import domains
 from ddmi.diffusion import SAMPLERS
 from ddmi.errors import ConfigError
+from ddmi.preset_files import list_presets
 
 SAMPLER_NAMES = tuple(SAMPLERS)   # the samplers are listed once, in ddmi.diffusion
 
@@ -186,11 +187,6 @@ def domain_view(cfg: DictConfig) -> dict:
     own = domains.get(cfg.domain).section
     others = {domains.get(n).section for n in domains.names()} - {own, None}
     return {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in others}
-
-
-def list_presets() -> list[str]:
-    folder = resources.files("ddmi") / "presets"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 def _read_yaml(source: str) -> tuple[dict, str]:

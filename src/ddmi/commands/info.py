@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from ddmi.config import domain_view, list_presets, load_config
+from ddmi.config import domain_view, load_config
 from ddmi.models import parameter_counts
+from ddmi.preset_files import preset_table
 
 
 def run(args) -> int:
     if args.list or not args.config:
-        for name in list_presets():
-            print(name)
+        print(preset_table())
         return 0
     cfg = load_config(args.config, args.overrides)
     if not args.quiet:
