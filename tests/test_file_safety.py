@@ -83,3 +83,32 @@ def test_an_empty_run_config_is_named(tmp_path, capsys):
     (run / "config.yaml").write_text("")
     assert main(["reconstruct", str(run), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "config.yaml is empty" in capsys.readouterr().err
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    """Checkpoints, configs, JSON, images and videos are as readable as the user's umask allows
+    (tempfile alone would make them 0600 / 0700)."""
+    import os
+    import stat
+
+    import numpy as np
+    import torch
+
+    from ddmi import checkpoint as ckpt
+    from ddmi.data.images import save_image
+    from ddmi.files import atomic_write_text
+    from ddmi.render.video import write_gif
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        save_image(np.zeros((4, 4, 3), np.uint8), tmp_path / "a.png")
+        write_gif(np.zeros((2, 4, 4, 3), np.uint8), tmp_path / "a.gif")
+        folder = ckpt.save_checkpoint(tmp_path / "run", 1, weights={"model": {"w": torch.zeros(2)}}, state={"step": 1})
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)   # noqa: E731
+    for p in (tmp_path / "a.json", tmp_path / "a.png", tmp_path / "a.gif", folder / "model.safetensors",
+              folder / "state.pt"):
+        assert mode(p) == 0o640, (p.name, oct(mode(p)))
+    assert mode(folder) == 0o750

@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -33,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from ddmi import __version__
 from ddmi.config import load_config, to_yaml
 from ddmi.errors import CheckpointError, ConfigError
-from ddmi.files import atomic_write_bytes, atomic_write_text  # noqa: F401 - re-exported
+from ddmi.files import atomic_write_bytes, atomic_write_text, honour_umask, make_temp_dir  # noqa: F401 - re-exported
 
 CKPT_DIR = "checkpoints"
 MARKER = "COMPLETE"
@@ -140,12 +139,13 @@ def save_checkpoint(run_dir: Path, step: int, *, weights: dict[str, dict[str, to
     folder = Path(run_dir) / CKPT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".tmp-step-{step:08d}-"))
+    tmp = make_temp_dir(folder, f".tmp-step-{step:08d}-")
     try:
         for name, sd in weights.items():
             save_file(sd, str(tmp / f"{name}.safetensors"), metadata={"ddmi_version": __version__})
         torch.save(state, tmp / "state.pt")
         for f in tmp.iterdir():
+            honour_umask(f)               # safetensors writes 0600
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())
         (tmp / MARKER).write_text(str(step))

@@ -1,28 +1,68 @@
-"""Writing files: atomic writes and the no-overwrite rule of every command."""
+"""Writing files: atomic writes, permissions from the umask, the no-overwrite rule of every
+command, and the lock of a folder that one process writes into."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ddmi.errors import DDMIError
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path, *, folder: bool = False) -> None:
+    """Give a file (``0o666``) or folder (``0o777``) made by ``tempfile`` (``0o600``/``0o700``) the
+    permissions the user's umask asks for, as ``open()`` and ``mkdir()`` would have."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named folder in ``parent`` (permissions from the umask)."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    honour_umask(tmp, folder=True)
+    return tmp
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """The one way ddmi writes a file: yields a temporary path next to ``path`` (a hidden
+    ``.NAME.*.tmp``, which no folder listing takes for data), which becomes ``path`` by a rename once the block
+    succeeded (fsynced; permissions from the umask, as ``open()`` gives), and is removed if it
+    fails. A crash never leaves a half-written ``path``."""
+    path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        honour_umask(tmp)
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """``write(file)`` into ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
+    return Path(path)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_output`)."""
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import threading
-import uuid
 import warnings
 from pathlib import Path
 from typing import Sequence, Union
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps
 
 from ddmi.errors import ConfigError, DataError
+from ddmi.files import atomic_write
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -379,24 +379,8 @@ def _as_hwc_uint8(image: ArrayLike) -> np.ndarray:
 
 def _atomic_save(img: Image.Image, path: PathLike) -> Path:
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-    # Not tempfile.mkstemp: it creates mode 0600 files; os.open(..., 0o666) honours the umask.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return atomic_write(path, lambda f: img.save(f, format=fmt))
 
 
 def save_image(image: ArrayLike, path: PathLike) -> Path:

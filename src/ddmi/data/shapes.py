@@ -34,9 +34,10 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
-from ddmi.errors import DataError
 from ddmi.data.cache import DEFAULT_BYTES, BoundedCache
 from ddmi.data.npz import load_npz
+from ddmi.errors import DataError
+from ddmi.files import atomic_write
 
 PathLike = Union[str, os.PathLike]
 SPLITS = ("train", "val", "test")
@@ -93,15 +94,7 @@ def read_pointcloud_npz(path: PathLike) -> np.ndarray:
 
 
 def _atomic_savez(path: Path, **arrays) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def write_points_npz(path: PathLike, points: np.ndarray, occupancies: np.ndarray) -> Path:

@@ -38,9 +38,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ddmi.errors import DataError
 from ddmi.data.cache import BoundedCache
 from ddmi.data.npz import load_npz
+from ddmi.errors import DataError
+from ddmi.files import atomic_write
 from ddmi.render.volume import SRN_FOV, focal_from_fov
 
 PathLike = Union[str, os.PathLike]
@@ -103,18 +104,9 @@ def _check_poses(path: Path, poses: np.ndarray, tol: float = 1e-2) -> None:
 
 def write_scene(path: PathLike, images: np.ndarray, poses: np.ndarray, points: np.ndarray) -> Path:
     """Write one object in the srn-cars format (float16 images, as the release), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, images=np.asarray(images, np.float16), cam_poses=np.asarray(poses, np.float32),
-                                data=np.asarray(points, np.float32))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(Path(path), lambda f: np.savez_compressed(
+        f, images=np.asarray(images, np.float16), cam_poses=np.asarray(poses, np.float32),
+        data=np.asarray(points, np.float32)))
 
 
 def find_scenes(root: PathLike, split: str = "train", *, category: str = "cars",

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from ddmi.data.images import list_images as _list_training_images
 from ddmi.data.images import load_image as _load_training_image
 from ddmi.data.npz import load_npz
 from ddmi.errors import DataError
+from ddmi.files import atomic_write
 from ddmi.metrics.frechet import frechet_distance_of_features, kid
 
 __all__ = [
@@ -159,15 +159,7 @@ def folder_features(
 
 def _atomic_savez(path: Path, **arrays) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError as exc:  # a read-only cache location must not break evaluation
         print(f"ddmi: warning: could not write feature cache {path}: {exc}", file=sys.stderr)
 

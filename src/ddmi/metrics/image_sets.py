@@ -11,6 +11,7 @@ import torch
 from ddmi.data.images import resize
 from ddmi.data.npz import load_npz
 from ddmi.errors import DataError
+from ddmi.files import atomic_write
 from ddmi.metrics.fid import to_uint8
 
 
@@ -51,8 +52,5 @@ def reference_features(cfg, folder: str, resolution: int, num, seed, extractor, 
     log(f"computing reference features of {folder} at {resolution}x{resolution}")
     feats = features_from_batches((b for b, _ in images_uint8(ds, num=num, resolution=resolution, seed=seed,
                                                                 batch_size=50)), extractor)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, features=feats, signature=np.array(sig))
-    tmp.replace(path)
+    atomic_write(path, lambda f: np.savez(f, features=feats, signature=np.array(sig)))
     return feats

@@ -1,14 +1,11 @@
 """Video writers: MP4 (PyAV, H.264), animated GIF (Pillow), frame folders and contact sheets.
 
 Every writer takes ``(T, H, W, 3)`` uint8 frames (or a ``(3, T, H, W)`` float clip in [-1, 1],
-converted with :func:`clip_to_uint8`) and writes atomically: a temporary file in the destination
-folder, then :func:`os.replace`.
+converted with :func:`clip_to_uint8`) and writes atomically (:func:`ddmi.files.atomic_output`).
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,7 @@ import torch
 
 from ddmi.data.images import save_grid, save_image
 from ddmi.errors import MissingDependencyError
+from ddmi.files import atomic_output, atomic_write
 
 
 def clip_to_uint8(clip) -> np.ndarray:
@@ -31,25 +29,13 @@ def clip_to_uint8(clip) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(1, 2, 3, 0))
 
 
-def _tmp(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-
-
 def write_gif(clip, path, *, fps: int = 8) -> Path:
     """An endlessly looping animated GIF."""
     from PIL import Image
     frames = clip_to_uint8(clip)
-    path = Path(path)
-    tmp = _tmp(path)
     images = [Image.fromarray(f) for f in frames]
-    try:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                       duration=max(1, round(1000 / fps)), loop=0, optimize=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(Path(path), lambda f: images[0].save(f, format="GIF", save_all=True, append_images=images[1:],
+                                                           duration=max(1, round(1000 / fps)), loop=0, optimize=False))
 
 
 def write_mp4(clip, path, *, fps: int = 8, crf: int = 18) -> Path:
@@ -63,8 +49,7 @@ def write_mp4(clip, path, *, fps: int = 8, crf: int = 18) -> Path:
     if h % 2 or w % 2:
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
     path = Path(path)
-    tmp = _tmp(path)
-    try:
+    with atomic_output(path) as tmp:
         with av.open(str(tmp), mode="w", format="mp4") as container:
             codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
             stream = container.add_stream(codec, rate=int(fps))
@@ -77,9 +62,6 @@ def write_mp4(clip, path, *, fps: int = 8, crf: int = 18) -> Path:
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

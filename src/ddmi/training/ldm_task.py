@@ -20,6 +20,7 @@ from ddmi import domains
 from ddmi.config import load_config, parse_overrides
 from ddmi.diffusion import sample as diffusion_sample
 from ddmi.errors import ConfigError, DDMIError
+from ddmi.files import make_temp_dir
 from ddmi.models import build_diffusion
 from ddmi.runs import load_autoencoder
 from ddmi.training.ema import EMA
@@ -357,7 +358,7 @@ def copy_vae(vae_run: Path, dest: Path) -> None:
         raise ConfigError(f"vae={vae_run} has no complete checkpoint yet")
     check_vae_destination(dest.parent)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.copy-"))
+    tmp = make_temp_dir(dest.parent, f".{dest.name}.copy-")
     try:
         shutil.copy2(vae_run / "config.yaml", tmp / "config.yaml")
         shutil.copy2(vae_run / "run.yaml", tmp / "run.yaml")
