@@ -74,3 +74,16 @@ def test_interpolation_strip(tmp_path, ldm_run):
                  "--interpolate"]) == 0
     strip = read(tmp_path / "interpolation_16.png")
     assert strip.shape[1] > 4 * strip.shape[0]
+
+
+def test_eval_of_a_sample_folder_measures_each_resolution_and_never_the_grids(tmp_path, ldm_run, image_data):
+    import json
+    out = tmp_path / "s"
+    assert main(["sample", str(ldm_run), "--num", "3", "--steps", "2", "--resolution", "16", "--resolution", "24",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    manifest = json.loads((out / "ddmi-samples.json").read_text())
+    assert manifest["checkpoint"].startswith("step-") and sorted(manifest["groups"]) == ["16", "24"]
+    assert main(["eval", str(out), "--ref", str(image_data), "--metric", "kid", "--device", "cpu"]) == 0
+    figures = json.loads((out / "ddmi-eval.json").read_text())
+    assert figures["num_gen@16"] == 3 and figures["num_gen@24"] == 3     # grids not counted
+    assert "kid@16" in figures and "kid@24" in figures and "kid" not in figures

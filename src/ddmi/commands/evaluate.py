@@ -15,6 +15,7 @@ The figures are printed as a table and written as JSON: ``RUN/eval/<name>.json``
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -103,6 +104,28 @@ def _folder_kind(folder: Path) -> str:
     return "images"
 
 
+def sample_groups(path: Path, scratch: Path) -> dict[str, Path]:
+    """The folders to measure in ``path``: for a ``ddmi sample`` folder (``ddmi-samples.json``),
+    one folder of links in ``scratch`` per group (resolution), holding only its samples (no grids
+    or sheets); otherwise ``{"": path}``."""
+    from ddmi.commands.sample import MANIFEST
+    try:
+        groups = json.loads((path / MANIFEST).read_text())["groups"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"": path}
+    if not groups:
+        return {"": path}
+    out = {}
+    for group, files in groups.items():
+        folder = scratch / str(group)
+        folder.mkdir()
+        for rel in files:
+            if (path / rel).is_file():
+                (folder / Path(rel).name).symlink_to((path / rel).resolve())
+        out[str(group)] = folder
+    return out
+
+
 def _print_table(results: dict, log) -> None:
     width = max(len(k) for k in results)
     for k, v in results.items():
@@ -138,8 +161,13 @@ def eval_command(args, log=print) -> int:
         if metrics is None:
             metrics = ["mmd-cd", "cov-cd", "1nna-cd"] if _folder_kind(path) == "points" else ["fid", "kid"]
         results = {"path": str(path), "ref": str(args.ref)}
-        results.update(evaluate_folders(path, args.ref, metrics=metrics, num=args.num,
-                                        batch_size=args.batch_size, i3d=args.i3d, device=shard.device))
+        with tempfile.TemporaryDirectory(prefix="ddmi-eval-") as scratch:
+            for group, folder in sample_groups(path, Path(scratch)).items():
+                if group:
+                    log(f"measuring the {group} group of {path} ({len(list(folder.iterdir()))} files)")
+                figures = evaluate_folders(folder, args.ref, metrics=metrics, num=args.num,
+                                           batch_size=args.batch_size, i3d=args.i3d, device=shard.device)
+                results.update({f"{k}@{group}" if group else k: v for k, v in figures.items()})
         json_path = Path(args.json) if args.json else path / "ddmi-eval.json"
     else:
         raise DataError(f"{path} is neither a run folder nor a folder of files")

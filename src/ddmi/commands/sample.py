@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ from ddmi.commands.options import check_options, check_out_folder, device_option
 from ddmi import domains
 from ddmi.devices import Shard
 from ddmi.errors import ConfigError
-from ddmi.files import check_free
+from ddmi.files import atomic_write_text, check_free
 from ddmi.generate import latent_batches, sampling_plan
 from ddmi.runs import load_autoencoder, load_diffusion
 
@@ -40,8 +41,23 @@ def sample_command(args, log=print) -> int:
                                  batch_size=args.batch_size, starts=shard.starts(len(noises), args.batch_size),
                                  progress=shard.is_main)
         summary = domain.write_samples(args, ae, batches, len(noises), shard, log)
+    if shard.is_main:
+        write_manifest(Path(args.out), run_dir, ckpt.latest_checkpoint(run_dir), cfg.domain,
+                       domain.sample_groups(args, ae, len(noises)), sampler=sampler, steps=steps, seed=args.seed)
     log(f"{summary} ({sampler}, {steps or 'default'} steps{shard.describe()})")
     return 0
+
+
+MANIFEST = "ddmi-samples.json"
+
+
+def write_manifest(out: Path, run_dir: Path, checkpoint: Path, domain: str, groups: dict, **how) -> None:
+    """``OUT/ddmi-samples.json``: which run and checkpoint made the samples, how, and the
+    measurable files by group (``ddmi eval OUT --ref REF`` measures each group on its own)."""
+    out = out.resolve()
+    manifest = {"run": str(run_dir.resolve()), "checkpoint": checkpoint.name, "domain": domain, **how,
+                "groups": {g: [str(Path(p).resolve().relative_to(out)) for p in files] for g, files in groups.items()}}
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
 
 def run(args) -> int:

@@ -114,6 +114,13 @@ class Domain:
         compute)."""
         return []
 
+    def sample_groups(self, args: argparse.Namespace, ae: nn.Module, count: int) -> dict[str, list[Path]]:
+        """The measurable files among :meth:`sample_targets`, by group (e.g. one group per
+        resolution; never grids or sheets): ``ddmi sample`` records them in
+        ``OUT/ddmi-samples.json`` and ``ddmi eval OUT --ref REF`` measures each group separately.
+        Empty: the folder is measured as a whole."""
+        return {}
+
     def write_samples(self, args: argparse.Namespace, ae: nn.Module, batches: Iterable[tuple[int, torch.Tensor]],
                       count: int, shard: Any, log: Log) -> str:
         """Write ``ddmi sample``'s files: ``batches`` yields ``(start, z)`` for this process's share

@@ -48,6 +48,7 @@ class ImageDomain(Domain):
         return [path]
 
     sample_targets = staticmethod(outputs.sample_targets)
+    sample_groups = staticmethod(outputs.sample_groups)
     write_samples = staticmethod(outputs.write_samples)
     reconstruct = staticmethod(outputs.reconstruct)
     evaluate_run = staticmethod(evaluation.evaluate_run)

@@ -40,6 +40,14 @@ def sample_targets(args, ae, count: int) -> list[Path]:
             + [out / f"grid_{r}.png" for r in resolutions])
 
 
+def sample_groups(args, ae, count: int) -> dict[str, list[Path]]:
+    """One group per resolution: ``{"64": [sample_00000_64.png, ...]}`` (no grids, no strips)."""
+    out, resolutions = Path(args.out), args.resolution or [ae.resolution]
+    if args.interpolate:
+        return {}
+    return {str(r): [out / f"sample_{i:05d}_{r}.png" for i in range(count)] for r in resolutions}
+
+
 def write_samples(args, ae, batches, count: int, shard, log) -> str:
     """PNG per sample and resolution (this process's batches), a grid per resolution (main
     process); with ``--interpolate`` one strip per resolution."""
