@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ddmi.diffusion import DEFAULT_STEPS
 from ddmi.diffusion import sample as diffusion_sample
 
 
@@ -26,13 +27,22 @@ def latent_batches(diffusion, noises: torch.Tensor, *, sampler: str, steps: int 
 
     Batch ``i`` always sees the noise ``noises[i:i + batch_size]`` and a generator seeded with
     ``i`` (CPU, for the stochastic samplers), so a sample does not depend on which process or
-    device draws it, nor on which other batches are drawn."""
+    device draws it, nor on which other batches are drawn. The progress bar counts denoising
+    steps (network calls) over all batches, with the samples done."""
     from tqdm.auto import tqdm
     starts = list(range(0, len(noises), batch_size)) if starts is None else list(starts)
-    for i in tqdm(starts, desc=f"sampling ({sampler})", disable=not progress):
-        x = noises[i:i + batch_size]
-        yield i, diffusion_sample(diffusion, x.shape, sampler=sampler, steps=steps, eta=eta, noise=x,
-                                  generator=torch.Generator().manual_seed(i))
+    calls = steps or (diffusion.num_steps if sampler == "ddpm" else DEFAULT_STEPS[sampler])
+    bar = tqdm(total=calls * len(starts), desc=f"sampling {len(noises)} ({sampler}, {calls} steps)",
+               unit="step", disable=not progress)
+    hook = diffusion.net.register_forward_hook(lambda *_: bar.update(1))
+    try:
+        for i in starts:
+            x = noises[i:i + batch_size]
+            yield i, diffusion_sample(diffusion, x.shape, sampler=sampler, steps=steps, eta=eta, noise=x,
+                                      generator=torch.Generator().manual_seed(i))
+    finally:
+        hook.remove()
+        bar.close()
 
 
 def generate_latents(diffusion, latent_shape, noises: torch.Tensor, *, sampler: str, steps: int | None,

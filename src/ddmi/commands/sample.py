@@ -34,6 +34,9 @@ def sample_command(args, log=print) -> int:
     diffusion = load_diffusion(run_dir, ae.latent_shape, ema=not args.no_ema, device=shard.device)
     domain = domains.get(cfg.domain)
     sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
+    latest = ckpt.latest_checkpoint(run_dir)
+    log(f"sampling from {run_dir} at step {int(latest.name.split('-')[1])} ({latest.name}, "
+        f"{'online' if args.no_ema else 'EMA'} weights) on {shard.device}")
     check_free(domain.sample_targets(args, ae, len(noises)), args.overwrite)
     shard.wait()                  # every process has checked before any writes
     with torch.inference_mode():

@@ -16,7 +16,8 @@ from ddmi.commands.options import log, torch_threads
 from ddmi.config import load_config, parse_overrides
 from ddmi.errors import ConfigError
 from ddmi.files import LOCK_NAME, FolderLock
-from ddmi.training.ldm_task import VAE_COPY_MARKER, LDMTask, check_vae_destination, ldm_overrides, stage2_config
+from ddmi.training.ldm_task import (VAE_COPY_MARKER, LDMTask, check_vae_destination, ldm_overrides, stage2_config,
+                                    unfinished_vae_warning)
 from ddmi.training.tasks import make_vae_task
 from ddmi.training.trainer import train
 
@@ -132,6 +133,8 @@ def run(args) -> int:
             raise ConfigError("no VAE: pass vae=VAE_RUN_DIR (a `ddmi train vae` run folder)")
         cfg = stage2_config(cfg, vae_dir or Path(cfg.vae_run),
                             data_dir_overridden="dir" in overrides.get("data", {}))
+        if vae_dir is None and (warning := unfinished_vae_warning(Path(cfg.vae_run))):
+            log(warning)
     acc = accelerator(cfg[stage_key], unused_parameters=args.stage == "vae" and cfg.gan.enabled)
     with FolderLock(run_dir) if acc.is_main_process else contextlib.nullcontext():
         return _train(args, cfg, stage_key, run_dir, acc)
@@ -149,6 +152,9 @@ def _train(args, cfg, stage_key: str, run_dir: Path, acc) -> int:
         task = LDMTask(cfg, run_dir, accelerator=acc, log=log)
     if acc.is_main_process:
         ckpt.mark_started(run_dir)     # from here on, the folder is a run (its config is fixed)
+        log(f"training {args.stage} on {len(task.dataset)} items ({cfg.data.dir}), "
+            f"{cfg[stage_key].steps} steps of {cfg[stage_key].batch_size} x {acc.num_processes} process(es)"
+            f" x {cfg[stage_key].grad_accum} accumulation")
     precision = cfg[stage_key].mixed_precision
     if acc.device.type != "cuda" and precision != "no":
         if acc.is_main_process:

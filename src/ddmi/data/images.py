@@ -251,6 +251,16 @@ def read_skipping_bad(items: Sequence, start: int, read, *, skip_bad: bool, bad:
     raise DataError(none_left)
 
 
+def warn_mixed_splits(root: Path) -> None:
+    """Warn when ``root`` is a dataset root whose ``train/`` and ``test/`` (or ``val/``) splits
+    would both be read (``data.dir`` set to a ``ddmi synth`` root instead of its ``train``)."""
+    splits = [s for s in ("train", "test", "val") if (root / s).is_dir()]
+    if "train" in splits and len(splits) > 1:
+        warnings.warn(f"{root} holds the splits {', '.join(s + '/' for s in splits)}: all of them are read as one "
+                      f"set; point data.dir at {root / 'train'} (and data.test_dir at {root / splits[1]})",
+                      RuntimeWarning, stacklevel=3)
+
+
 class ImageFolderDataset(torch.utils.data.Dataset):
     """All images under a folder (recursively), as ``float32`` ``(3, R, R)`` tensors in ``[-1, 1]``.
 
@@ -285,6 +295,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             raise ConfigError(f"resolution must be a positive integer, got {resolution!r}")
         self.root = Path(root).expanduser()
         self.files = list_images(self.root)
+        warn_mixed_splits(self.root)
         self.resolution = int(resolution)
         self.hflip = bool(hflip)
         self.skip_bad = bool(skip_bad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -68,6 +69,9 @@ def _psnr_ssim(gen_dir, ref_dir, num, want_psnr, want_ssim):
     if want_ssim:
         out["ssim"] = float(np.mean(ssims))
     return out
+
+
+FEW_FOR_FID = 2048       # Inception's feature size: fewer samples give a rank-deficient covariance
 
 
 def load_point_clouds(folder: str | os.PathLike, *, num: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -140,6 +144,10 @@ def evaluate_folders(
         if "kid" in names:
             results["kid"], results["kid_std"] = kid(gen, ref, seed=seed)
         results["num_gen"], results["num_ref"] = len(gen), len(ref)
+        if "fid" in names and min(len(gen), len(ref)) < FEW_FOR_FID:
+            warnings.warn(f"FID of {len(gen)} generated and {len(ref)} reference images: below {FEW_FOR_FID} it is "
+                          "biased upward and not comparable to published figures (the paper uses 50k samples); "
+                          "KID is less biased on small sets", RuntimeWarning, stacklevel=2)
 
     if {"psnr", "ssim"} & set(names):
         results.update(_psnr_ssim(gen_dir, ref_dir, num, "psnr" in names, "ssim" in names))

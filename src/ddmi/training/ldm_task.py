@@ -56,6 +56,22 @@ def stage2_config(preset_cfg: DictConfig, vae_run: Path, *, data_dir_overridden:
     return load_config(merged)
 
 
+def unfinished_vae_warning(vae_run: Path) -> str | None:
+    """A warning when the VAE run stopped before its ``train.steps`` (stage 2 then learns the
+    latents of an unfinished autoencoder), else None."""
+    info = ckpt.read_run_info(vae_run)
+    if info["stage"] != "vae" or info.get("imported"):
+        return None
+    latest = ckpt.latest_checkpoint(vae_run)
+    planned = ckpt.load_run_config(vae_run).train.steps
+    step = int(latest.name.split("-")[1]) if latest else 0
+    if step < planned:
+        return (f"warning: the VAE run {vae_run} stopped at step {step} of its {planned} (train.steps); the LDM "
+                "will learn the latents of that unfinished autoencoder (finish it with the same `ddmi train vae` "
+                "command first, or go on if this is intended)")
+    return None
+
+
 # ------------------------------------------------------------------------------------------
 
 
