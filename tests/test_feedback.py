@@ -53,3 +53,15 @@ def test_fid_on_few_images_warns(tmp_path):
                 tmp_path / folder / f"{i}.png")
     with pytest.warns(RuntimeWarning, match="biased upward"):
         evaluate_folders(tmp_path / "a", tmp_path / "b", metrics=["fid"], device="cpu", cache=False, progress=False)
+
+
+def test_tensorboard_receives_the_preview_images(tmp_path, tiny_overrides):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = tmp_path / "r"
+    assert main(["train", "vae", "image-tiny", *tiny_overrides, f"run_dir={run}", "train.steps=2",
+                 "train.batch_size=2", "train.sample_every=1", "--no-progress"]) == 0
+    events = EventAccumulator(str(run / "logs" / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert "samples/recon" in events.Tags()["images"]
+    assert [e.step for e in events.Images("samples/recon")] == [1, 2]

@@ -184,7 +184,8 @@ def learning_rate(tc: DictConfig, step: int) -> float:
 
 
 class MetricLog:
-    """JSON-lines scalars (always) and TensorBoard scalars (when tensorboard is installed)."""
+    """JSON-lines scalars (always); TensorBoard scalars and preview images (when tensorboard is
+    installed)."""
 
     def __init__(self, folder: Path, enabled: bool):
         self.enabled = enabled
@@ -207,6 +208,18 @@ class MetricLog:
             for k, v in scalars.items():
                 self.tb.add_scalar(k, v, step)
             self.tb.flush()
+
+    def images(self, step: int, paths: list[Path]) -> None:
+        """The preview pictures written at ``step`` (PNG files) as TensorBoard images."""
+        if self.tb is None:
+            return
+        from PIL import Image
+        for path in paths:
+            if Path(path).suffix.lower() == ".png" and Path(path).is_file():
+                with Image.open(path) as img:
+                    pixels = np.asarray(img.convert("RGB"))
+                self.tb.add_image(f"samples/{Path(path).stem.split('-')[0]}", pixels, step, dataformats="HWC")
+        self.tb.flush()
 
     def close(self) -> None:
         if self.tb is not None:
@@ -342,7 +355,8 @@ def train(task: Task, tc: DictConfig, run_dir: Path, *, seed: int, accelerator: 
         if main:
             task.module.eval()
             with torch.inference_mode():
-                task.write_samples(step, samples_dir)
+                written = task.write_samples(step, samples_dir)
+            logger.images(step, list(written or []))
             task.module.train()
 
     eval_every = tc.sample_every if tc.get("eval_every") is None else tc.eval_every
