@@ -21,11 +21,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 
+from ddmi.errors import CheckpointError
 from ddmi.nn.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
-from ddmi.vae.triplane_coords import PLANES, fold, unfold
 from ddmi.vae.planes import ConvVAE, ConvVAESpec
+from ddmi.vae.triplane_coords import PLANES, fold, unfold
 
 
 @dataclass
@@ -325,3 +327,60 @@ def official_triplane_state(sd: dict[str, torch.Tensor], spec: TriplaneVAESpec
             state[f"{ddmi}.{rest}"] = value
             used.add(key)
     return state, [k for k in sd if k not in used]
+
+
+def official_dict_get(official: dict | None, *path, default=None):
+    """``official[path[0]][path[1]]...`` or ``default`` when any level is missing."""
+    node = official
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def plane_resolution(official: dict | None, cfg: DictConfig) -> int:
+    """The PointNet / VAE plane resolution: from the official YAML when given, else the preset."""
+    res = official_dict_get(official, "ddconfig", "resolution")
+    if res is None:
+        res = official_dict_get(official, "model", "encoder_kwargs", "plane_resolution")
+    return int(cfg.data.resolution if res is None else res)
+
+
+def mid_attn_heads(official: dict | None, cfg: DictConfig) -> int:
+    attn = official_dict_get(official, "ddconfig", "attn_type")
+    if attn is None:
+        return int(cfg.vae.mid_attn_heads)
+    if attn == "vanilla":
+        return 1
+    raise CheckpointError(f"official attn_type {attn!r} of a tri-plane VAE is not supported")
+
+
+def official_triplane_overrides(vaemodel: dict[str, torch.Tensor], cfg: DictConfig, official: dict | None) -> dict:
+    """The ``data`` / ``vae`` overrides of an official ``Autoencoder3D`` (checked against
+    ``official['ddconfig']`` when given)."""
+    if "quant_conv.weight" in vaemodel and "quant_conv_xy.weight" not in vaemodel:
+        raise CheckpointError(
+            "this official VAE is the 2-D Autoencoder that the shipped exp/stage.py builds for the NeRF LDM "
+            "(official bug, spec 12.1.2): it cannot hold the tri-plane stage-1 weights and cannot be imported; "
+            "use the stage-1 model-last.pt (Autoencoder3D), or an ldm-last.pt written by a fixed pipeline")
+    res = plane_resolution(official, cfg)
+    try:
+        sizes = official_triplane_sizes(vaemodel, res)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"not an official Autoencoder3D state dict: {e}") from e
+    sizes.pop("in_channels")
+    dd = official_dict_get(official, "ddconfig") or {}
+    checks = {"ch": "ch", "ch_mult": "ch_mult", "num_res_blocks": "num_res_blocks",
+              "z_channels": "z_channels", "plane_channels": "out_ch"}
+    for ours, theirs in checks.items():
+        if theirs in dd:
+            want = list(dd[theirs]) if isinstance(dd[theirs], (list, tuple)) else dd[theirs]
+            if want != sizes[ours]:
+                raise CheckpointError(f"official ddconfig.{theirs} = {want} contradicts the weights ({sizes[ours]})")
+    if "embed_dim" in (official or {}) and int(official["embed_dim"]) != sizes["embed_dim"]:
+        raise CheckpointError(f"official embed_dim = {official['embed_dim']} contradicts the weights "
+                              f"({sizes['embed_dim']})")
+    sizes["mid_attn_heads"] = mid_attn_heads(official, cfg)
+    sizes["dropout"] = float(dd.get("dropout", 0.0))
+    return {"data": {"resolution": res}, "vae": sizes}

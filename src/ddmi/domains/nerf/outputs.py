@@ -27,7 +27,8 @@ def render_latents(ae, z: torch.Tensor, poses: torch.Tensor, resolution: int) ->
     planes = ae.vae.decode(z)
     device = planes[0].device
     return render_views(ae.query_fn(planes), poses.to(device), resolution, resolution,
-                        focal_from_fov(resolution, ae.fov), batch=len(z), **ae.render_kwargs(train=False))
+                        focal_from_fov(resolution, ae.fov), batch=len(z), pixel_offset=ae.pixel_offset,
+                        **ae.render_kwargs(train=False))
 
 
 def turntable(ae, n: int | None = None) -> torch.Tensor:

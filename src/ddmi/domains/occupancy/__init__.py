@@ -58,8 +58,8 @@ class OccupancyDomain(Domain):
     def write_preview(self, ae, preview, path):
         """Meshes (32^3) of the reconstructions of up to 8 preview shapes, one view each."""
         points = split_item(preview.to(next(ae.parameters()).device), ae.num_points)[0]
-        found = meshes.extract_meshes(ae.decode(ae.reconstruction_latent(ae.encode(points).mode())), 32, threshold=ae.threshold,
-                                      half_extent=ae.half_extent)
+        z = ae.reconstruction_latent(ae.encode(points).mode())
+        found = meshes.extract_meshes(ae.decode(z), 32, threshold=ae.threshold, half_extent=ae.half_extent)
         return [write_png(path, meshes.preview_sheet(found, half_extent=ae.half_extent))]
 
     def probe(self, ae, preview):

@@ -20,70 +20,18 @@ from omegaconf import DictConfig
 
 from ddmi.errors import CheckpointError
 from ddmi.nn.pointnet import official_pointnet_sizes, official_pointnet_state
-from ddmi.vae.triplanes import official_triplane_sizes, official_triplane_state, triplane_spec
+from ddmi.vae.triplanes import official_dict_get, official_triplane_overrides, official_triplane_state, triplane_spec
 
 #: the official plane orders (spec 12.2.1): cross-plane concatenation and the stage-1 latent
 OFFICIAL_CROSS_PLANE_ORDER = ["xy", "yz", "xz"]
 OFFICIAL_STAGE1_LATENT = ["xy", "yz", "xz"]
 
 
-def official_dict_get(official: dict | None, *path, default=None):
-    """``official[path[0]][path[1]]...`` or ``default`` when any level is missing."""
-    node = official
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return default
-        node = node[key]
-    return node
-
-
-def plane_resolution(official: dict | None, cfg: DictConfig) -> int:
-    """The PointNet / VAE plane resolution: from the official YAML when given, else the preset."""
-    res = official_dict_get(official, "ddconfig", "resolution")
-    if res is None:
-        res = official_dict_get(official, "model", "encoder_kwargs", "plane_resolution")
-    return int(cfg.data.resolution if res is None else res)
-
-
-def mid_attn_heads(official: dict | None, cfg: DictConfig) -> int:
-    attn = official_dict_get(official, "ddconfig", "attn_type")
-    if attn is None:
-        return int(cfg.vae.mid_attn_heads)
-    if attn == "vanilla":
-        return 1
-    raise CheckpointError(f"official attn_type {attn!r} of a tri-plane VAE is not supported")
-
-
-def vae_overrides(vaemodel: dict[str, torch.Tensor], cfg: DictConfig, official: dict | None) -> dict:
-    """The ``data`` / ``vae`` overrides of an official ``Autoencoder3D`` (checked against
-    ``official['ddconfig']`` when given)."""
-    res = plane_resolution(official, cfg)
-    try:
-        sizes = official_triplane_sizes(vaemodel, res)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"not an official Autoencoder3D state dict: {e}") from e
-    sizes.pop("in_channels")
-    dd = official_dict_get(official, "ddconfig") or {}
-    checks = {"ch": "ch", "ch_mult": "ch_mult", "num_res_blocks": "num_res_blocks",
-              "z_channels": "z_channels", "plane_channels": "out_ch"}
-    for ours, theirs in checks.items():
-        if theirs in dd:
-            want = list(dd[theirs]) if isinstance(dd[theirs], (list, tuple)) else dd[theirs]
-            if want != sizes[ours]:
-                raise CheckpointError(f"official ddconfig.{theirs} = {want} contradicts the weights ({sizes[ours]})")
-    if "embed_dim" in (official or {}) and int(official["embed_dim"]) != sizes["embed_dim"]:
-        raise CheckpointError(f"official embed_dim = {official['embed_dim']} contradicts the weights "
-                              f"({sizes['embed_dim']})")
-    sizes["mid_attn_heads"] = mid_attn_heads(official, cfg)
-    sizes["dropout"] = float(dd.get("dropout", 0.0))
-    return {"data": {"resolution": res}, "vae": sizes}
-
-
 def official_config(sections: dict[str, dict[str, torch.Tensor]], cfg: DictConfig,
                     official: dict | None = None) -> dict:
     """Overrides under which ddmi's occupancy model computes the official function."""
     pointnet, vaemodel, mlp = _sections(sections)
-    over = vae_overrides(vaemodel, cfg, official)
+    over = official_triplane_overrides(vaemodel, cfg, official)
     pn = official_pointnet_sizes(pointnet)
     if pn["dim"] != 3:
         raise CheckpointError(f"an occupancy PointNet takes 3-D points, this one {pn['dim']}-D")
