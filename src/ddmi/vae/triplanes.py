@@ -384,3 +384,14 @@ def official_triplane_overrides(vaemodel: dict[str, torch.Tensor], cfg: DictConf
     sizes["mid_attn_heads"] = mid_attn_heads(official, cfg)
     sizes["dropout"] = float(dd.get("dropout", 0.0))
     return {"data": {"resolution": res}, "vae": sizes}
+
+
+def fresh_spectral_state(spec: TriplaneVAESpec, power_iters: int) -> dict[str, torch.Tensor]:
+    """The buffers of a fresh :class:`~ddmi.nn.spectral.SpectralRegularizer` of ``TriplaneVAE(spec)``
+    (its power-iteration vectors: ddmi training state, which an official stage-1 checkpoint does not
+    carry in ddmi's form; ``initialised`` is False, so the regulariser warms up as in a new run). The
+    VAE is built on the meta device: no memory."""
+    from ddmi.nn.spectral import SpectralRegularizer
+    with torch.device("meta"):
+        vae = TriplaneVAE(spec)
+    return dict(SpectralRegularizer(vae, power_iters=power_iters).state_dict())

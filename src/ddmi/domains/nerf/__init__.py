@@ -39,6 +39,16 @@ class NeRFDomain(Domain):
         check(nc.pointnet_blocks >= 1 and nc.pointnet_hidden > 0 and nc.pointnet_channels > 0,
               "nerf.pointnet_blocks", "PointNet sizes must be positive")
 
+    def official_config(self, sections, cfg, official=None):
+        """Overrides for official ``pointnet`` / ``vaemodel`` / ``mlp`` sections
+        (:mod:`ddmi.domains.nerf.official`)."""
+        from ddmi.domains.nerf import official as off
+        return off.official_config(sections, cfg, official)
+
+    def official_autoencoder_state(self, sections, cfg):
+        from ddmi.domains.nerf import official as off
+        return off.official_state(sections, cfg)
+
     def build_autoencoder(self, cfg):
         return NeRFAutoencoder(cfg)
 

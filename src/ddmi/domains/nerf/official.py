@@ -30,7 +30,13 @@ from omegaconf import DictConfig
 from ddmi.errors import CheckpointError
 from ddmi.nn.pointnet import official_pointnet_sizes, official_pointnet_state
 from ddmi.vae.triplane_coords import PLANES
-from ddmi.vae.triplanes import official_dict_get, official_triplane_overrides, official_triplane_state, triplane_spec
+from ddmi.vae.triplanes import (
+    fresh_spectral_state,
+    official_dict_get,
+    official_triplane_overrides,
+    official_triplane_state,
+    triplane_spec,
+)
 
 OFFICIAL_PLANE_ORDER = ["xy", "yz", "xz"]   # cross-plane concatenation, latent stacking, field features
 RENDER_HALF_EXTENT = 3.5                    # the official renderer reads the planes at pts / 3.5
@@ -180,5 +186,7 @@ def official_state(sections: dict[str, dict[str, torch.Tensor]], cfg: DictConfig
     for name, (part, left) in parts.items():
         state.update({f"{name}.{k}": v for k, v in part.items()})
         unused += [f"{ {'vae': 'vaemodel'}.get(name, name)}.{k}" for k in left]
+    if cfg.loss.sn_reg:       # ddmi's own regulariser state, fresh (not part of the official weights)
+        state.update({f"spectral.{k}": v for k, v in fresh_spectral_state(spec, cfg.loss.sn_power_iters).items()})
     unused += [f"{s}.*" for s in sections if s not in ("pointnet", "vaemodel", "mlp")]
     return state, unused

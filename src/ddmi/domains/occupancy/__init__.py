@@ -42,6 +42,16 @@ class OccupancyDomain(Domain):
         check(sc.pointnet_blocks >= 1 and sc.pointnet_hidden > 0 and sc.pointnet_channels > 0,
               "shapes.pointnet_blocks", "PointNet sizes must be positive")
 
+    def official_config(self, sections, cfg, official=None):
+        """Overrides for official ``pointnet`` / ``vaemodel`` / ``mlp`` sections
+        (:mod:`ddmi.domains.occupancy.official`)."""
+        from ddmi.domains.occupancy import official as off
+        return off.official_config(sections, cfg, official)
+
+    def official_autoencoder_state(self, sections, cfg):
+        from ddmi.domains.occupancy import official as off
+        return off.official_state(sections, cfg)
+
     def build_autoencoder(self, cfg):
         return OccupancyAutoencoder(cfg)
 

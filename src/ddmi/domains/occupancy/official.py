@@ -20,7 +20,13 @@ from omegaconf import DictConfig
 
 from ddmi.errors import CheckpointError
 from ddmi.nn.pointnet import official_pointnet_sizes, official_pointnet_state
-from ddmi.vae.triplanes import official_dict_get, official_triplane_overrides, official_triplane_state, triplane_spec
+from ddmi.vae.triplanes import (
+    fresh_spectral_state,
+    official_dict_get,
+    official_triplane_overrides,
+    official_triplane_state,
+    triplane_spec,
+)
 
 #: the official plane orders (spec 12.2.1): cross-plane concatenation and the stage-1 latent
 OFFICIAL_CROSS_PLANE_ORDER = ["xy", "yz", "xz"]
@@ -94,5 +100,7 @@ def official_state(sections: dict[str, dict[str, torch.Tensor]], cfg: DictConfig
         state.update({f"{name}.{k}": v for k, v in part.items()})
         section = {"vae": "vaemodel"}.get(name, name)
         unused += [f"{section}.{k}" for k in left]
+    if cfg.loss.sn_reg:       # ddmi's own regulariser state, fresh (not part of the official weights)
+        state.update({f"spectral.{k}": v for k, v in fresh_spectral_state(spec, cfg.loss.sn_power_iters).items()})
     unused += [f"{s}.*" for s in sections if s not in ("pointnet", "vaemodel", "mlp")]
     return state, unused
