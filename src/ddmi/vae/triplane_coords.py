@@ -59,17 +59,19 @@ def triplane_grid(u: torch.Tensor) -> torch.Tensor:
 
 
 # --- the official (ConvONet) frame, for imported official checkpoints ------------------------
-# ConvONet normalises every plane's coordinate pair on its own, q = p / (1 + padding + 1e-5) + 0.5
-# clamped to [0, 1 - 1e-5] (note the 1e-5 the ddmi frame does not have), writes the PointNet
+# ConvONet normalises every plane's coordinate pair on its own, q = p / (1 + padding + 1e-5) + 0.5,
+# then sets q >= 1 to 1 - 1e-5 and q < 0 to 0 (not a clamp to [0, 1 - 1e-5]: q in [1 - 1e-5, 1) is
+# kept; note the 1e-5 the ddmi frame does not have), writes the PointNet
 # features to cell floor(q R), and reads the planes at 2q - 1 with align_corners=True: half a cell
 # away from where it wrote them (spec 12.2.6).
 
 
 def convonet_plane_coords(p: torch.Tensor, padding: float) -> torch.Tensor:
-    """World points ``p (B, N, 3)`` -> ConvONet's ``q`` in ``[0, 1 - 1e-5]`` on each plane,
+    """World points ``p (B, N, 3)`` -> ConvONet's ``q`` in ``[0, 1)`` on each plane,
     ``(B, 3, N, 2)`` in PLANES order."""
     q = plane_coords(p) / (1.0 + padding + 1e-5) + 0.5
-    return q.clamp(0.0, 1.0 - 1e-5)
+    q = torch.where(q >= 1.0, torch.full_like(q, 1.0 - 1e-5), q)
+    return torch.where(q < 0.0, torch.zeros_like(q), q)
 
 
 def convonet_cell_index(p: torch.Tensor, resolution: int, padding: float) -> torch.Tensor:

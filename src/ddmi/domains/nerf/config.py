@@ -42,9 +42,9 @@ class NeRFConfig:
     turntable_elevation: float = 20.0  # degrees above the horizon
     # --- official compatibility (set by the importer of official checkpoints; docs/official-checkpoints.md).
     # Encoder frame: with a number, the PointNet sees the raw coloured points [xyz, rgb] and its cells are
-    # ConvONet's, q = clamp(p / (1 + convonet_padding + 1e-5) + 0.5, 0, 1 - 1e-5) (official: 0.1, a box of
-    # +-0.55 that does not match the render box, spec 12.2.4). ddmi (none): [p / half_extent, 2 rgb - 1],
-    # the same frame as the renderer.
+    # ConvONet's, q = p / (1 + convonet_padding + 1e-5) + 0.5 (q >= 1 -> 1 - 1e-5, q < 0 -> 0; official
+    # padding 0.1: a box of +-0.55 that does not match the render box, spec 12.2.4). ddmi (none):
+    # [p / half_extent, 2 rgb - 1], the same frame as the renderer.
     convonet_padding: float | None = None
     # Field frame: "world" (official) queries the field at world points: the planes are read at
     # p / half_extent (official half_extent 3.5) and the positional encoding is of p itself; "box" (ddmi)

@@ -20,8 +20,8 @@ class ShapesConfig:
     pointnet_channels: int = 32        # channels of the PointNet planes (the VAE input)
     # --- official compatibility (set by the importer of official checkpoints; docs/official-checkpoints.md).
     # ConvONet frame: the official PointNet (fc_pos) and MLP3D (net_p) see the raw points, and each plane's
-    # coordinates are q = clamp(p / (1 + padding + 1e-5) + 0.5, 0, 1 - 1e-5) (cells floor(q R), queries at
-    # 2q - 1). ddmi: one normalisation u = clamp(p / half_extent, -1, 1) for everything (no 1e-5).
+    # coordinates are q = p / (1 + padding + 1e-5) + 0.5 with q >= 1 set to 1 - 1e-5 and q < 0 to 0 (cells
+    # floor(q R), queries at 2q - 1). ddmi: one normalisation u = clamp(p / half_extent, -1, 1) for everything.
     convonet_coords: bool = False
     # official: the planes are read with align_corners=True, half a cell away from the PointNet's cells
     # (spec 12.2.6); ddmi: align_corners=False, where the cells are written
