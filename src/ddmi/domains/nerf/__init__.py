@@ -26,7 +26,11 @@ class NeRFDomain(Domain):
         check(0 < nc.near < nc.far, "nerf.near", f"need 0 < near < far, got {nc.near}, {nc.far}")
         check(nc.num_samples >= 2 and nc.render_samples >= 2, "nerf.num_samples", "need >= 2 samples per ray")
         check(nc.num_importance >= 0, "nerf.num_importance", "must be >= 0")
-        check(nc.half_extent > 0 and nc.points_scale > 0, "nerf.half_extent", "half_extent and points_scale must be > 0")
+        check(nc.half_extent > 0 and nc.points_scale > 0, "nerf.half_extent",
+              "half_extent and points_scale must be > 0")
+        check(nc.field_frame in ("box", "world"), "nerf.field_frame", "must be box or world")
+        check(nc.activation in ("relu", "identity"), "nerf.activation", "must be relu or identity")
+        check(nc.depth_spacing in ("bins", "linspace"), "nerf.depth_spacing", "must be bins or linspace")
         check(nc.fov is None or 0 < nc.fov < 3.14, "nerf.fov", "must be in (0, pi) radians")
         check(0 <= nc.val_fraction < 1, "nerf.val_fraction", "must be in [0, 1)")
         check(nc.render_chunk > 0 and nc.turntable_frames > 0, "nerf.render_chunk", "must be > 0")

@@ -183,8 +183,8 @@ def reconstruct_nerf_command(ae, args, log=print) -> int:
     """``ddmi reconstruct`` for a NeRF run: srn-cars ``.npz`` objects -> their encoded point
     clouds -> renders of ``--views`` of their views, with PSNR / SSIM against the images (on the
     autoencoder's device)."""
-    from ddmi.devices import model_device
     from ddmi.data.srn import read_scene
+    from ddmi.devices import model_device
     from ddmi.metrics.image_quality import psnr, ssim
     from ddmi.render.mesh import write_png
     out = Path(args.out)
