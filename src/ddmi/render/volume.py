@@ -146,7 +146,7 @@ def composite(sigma: torch.Tensor, rgb: torch.Tensor, depths: torch.Tensor, far:
 
     ``dir_norm (...)``: |d| of each ray (depth intervals are scaled by it). Returns ``rgb
     (..., 3)``, ``acc`` (opacity), ``depth`` (expected depth) and ``disp`` (``1 / max(1e-10,
-    depth / acc)``) ``(...)``, and the ``weights``. The last interval ends at ``far``, or is
+    depth / acc)``, 1e10 where ``acc = 0``) ``(...)``, and the ``weights``. The last interval ends at ``far``, or is
     ``last_delta`` long (official: 1e10)."""
     if last_delta is None:
         ends = torch.cat([depths[..., 1:], torch.full_like(depths[..., :1], far)], dim=-1)
@@ -162,7 +162,8 @@ def composite(sigma: torch.Tensor, rgb: torch.Tensor, depths: torch.Tensor, far:
     if white_background:
         out_rgb = out_rgb + (1.0 - acc[..., None])
     depth = (weights * depths).sum(-1)
-    disp = 1.0 / torch.maximum(torch.full_like(depth, 1e-10), depth / acc)
+    # official raw2outputs: 1 / max(1e-10, depth / acc), which is NaN where acc = 0 (here 1e10 there)
+    disp = 1.0 / torch.maximum(torch.full_like(depth, 1e-10), torch.where(acc > 0, depth / acc, torch.zeros_like(acc)))
     return {"rgb": out_rgb, "acc": acc, "depth": depth, "disp": disp, "weights": weights}
 
 
