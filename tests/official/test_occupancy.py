@@ -173,3 +173,22 @@ def test_paper_manifest_maps_onto_the_shapenet_preset(official_root, manifest): 
     bad = [k for k in mine if tuple(mine[k].shape) != tuple(state[k].shape)]
     assert not bad, bad
     assert sum(len(s) for s in sections.values()) == len([k for k in state if not k.startswith("spectral.")])
+
+
+def test_official_yaml_layouts_and_contradictions(official_root):  # noqa: F811 (fixture)
+    """The official dict may be the ``args`` layout or the YAML layout (``model.params.ddconfig``,
+    ``model.embed_dim``, merged with the ConvONet ``data`` / ``model``); a value that contradicts
+    the weights is an error."""
+    from ddmi.errors import CheckpointError
+    folder, config, _ = domain_fixture(official_root, "occupancy")
+    ckpt = torch.load(folder / "model-last.pt", map_location="cpu", weights_only=True)
+    sections = {k: ckpt[k] for k in SECTIONS}
+    domain, base = domains.get("occupancy"), load_config("shapes-tiny")
+    c = config["config"]
+    yaml = {"data": c["convonet"]["data"],
+            "model": {**c["convonet"]["model"], "params": {"ddconfig": c["ddconfig"], "mlpconfig": c["mlpconfig"]},
+                      "embed_dim": c["embed_dim"]}}
+    assert domain.official_config(sections, base, yaml) == domain.official_config(sections, base, official_yaml(config))
+    wrong = {**official_yaml(config), "ddconfig": {**c["ddconfig"], "ch": c["ddconfig"]["ch"] * 2}}
+    with pytest.raises(CheckpointError, match="ddconfig.ch"):
+        domain.official_config(sections, base, wrong)

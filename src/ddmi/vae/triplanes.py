@@ -330,13 +330,28 @@ def official_triplane_state(sd: dict[str, torch.Tensor], spec: TriplaneVAESpec
 
 
 def official_dict_get(official: dict | None, *path, default=None):
-    """``official[path[0]][path[1]]...`` or ``default`` when any level is missing."""
-    node = official
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return default
-        node = node[key]
-    return node
+    """``official[path[0]][path[1]]...`` or ``default`` when any level is missing.
+
+    ``official`` is the official configuration as a plain dict, in any of its layouts: the
+    ``args`` namespace (``ddconfig``, ``embed_dim``, ... at the top), the d2c-vae / ldm YAML
+    (``model.params.ddconfig``, ``model.embed_dim``), merged with the ConvONet YAML (``data.padding``,
+    ``model.encoder_kwargs``, ``model.TN``). A path starting with ``ddconfig``, ``mlpconfig`` or
+    ``embed_dim`` is also looked up under ``model.params`` and ``model``."""
+    alternatives = [path]
+    if path and path[0] in ("ddconfig", "mlpconfig"):
+        alternatives.append(("model", "params", *path))
+    if path and path[0] == "embed_dim":
+        alternatives.append(("model", *path))
+    for alt in alternatives:
+        node, found = official, True
+        for key in alt:
+            if not isinstance(node, dict) or key not in node:
+                found = False
+                break
+            node = node[key]
+        if found:
+            return node
+    return default
 
 
 def plane_resolution(official: dict | None, cfg: DictConfig) -> int:
@@ -378,11 +393,16 @@ def official_triplane_overrides(vaemodel: dict[str, torch.Tensor], cfg: DictConf
             want = list(dd[theirs]) if isinstance(dd[theirs], (list, tuple)) else dd[theirs]
             if want != sizes[ours]:
                 raise CheckpointError(f"official ddconfig.{theirs} = {want} contradicts the weights ({sizes[ours]})")
-    if "embed_dim" in (official or {}) and int(official["embed_dim"]) != sizes["embed_dim"]:
-        raise CheckpointError(f"official embed_dim = {official['embed_dim']} contradicts the weights "
-                              f"({sizes['embed_dim']})")
+    for ours, theirs in (("hdbpe_resolutions", "hdbf_resolutions"), ("attn_resolutions", "attn_resolutions"),
+                         ("inter_attn_resolutions", "inter_attn_resolutions")):
+        if theirs in dd and sorted(dd[theirs]) != sorted(sizes[ours]):
+            raise CheckpointError(f"official ddconfig.{theirs} = {list(dd[theirs])} contradicts the weights "
+                                  f"({sizes[ours]})")
+    embed_dim = official_dict_get(official, "embed_dim")
+    if embed_dim is not None and int(embed_dim) != sizes["embed_dim"]:
+        raise CheckpointError(f"official embed_dim = {embed_dim} contradicts the weights ({sizes['embed_dim']})")
     sizes["mid_attn_heads"] = mid_attn_heads(official, cfg)
-    sizes["dropout"] = float(dd.get("dropout", 0.0))
+    sizes["dropout"] = float(dd.get("dropout", cfg.vae.dropout))
     return {"data": {"resolution": res}, "vae": sizes}
 
 
