@@ -7,6 +7,7 @@ from ddmi.domains.base import Domain
 from ddmi.domains.nerf import outputs
 from ddmi.domains.nerf.config import NeRFConfig
 from ddmi.domains.nerf.model import NeRFAutoencoder
+from ddmi.vae.triplane_coords import PLANES
 
 
 class NeRFDomain(Domain):
@@ -42,6 +43,8 @@ class NeRFDomain(Domain):
         check(-30 <= nc.posterior_logvar_init <= 20, "nerf.posterior_logvar_init", "must be in [-30, 20]")
         check(nc.pointnet_blocks >= 1 and nc.pointnet_hidden > 0 and nc.pointnet_channels > 0,
               "nerf.pointnet_blocks", "PointNet sizes must be positive")
+        check(_plane_order_ok(nc.cross_plane_order), "nerf.cross_plane_order", ORDER_WHY)
+        check(_plane_order_ok(nc.latent_planes), "nerf.latent_planes", ORDER_WHY)
 
     def official_config(self, sections, cfg, official=None):
         """Overrides for official ``pointnet`` / ``vaemodel`` / ``mlp`` sections
@@ -86,3 +89,11 @@ class NeRFDomain(Domain):
         return synth_nerf(out, num=args.num, seed=args.seed, overwrite=args.overwrite, split_test=args.test,
                           resolution=args.resolution, views=args.views,
                           num_points=2048 if args.points is None else args.points)
+
+
+ORDER_WHY = f"must be an order of the planes {list(PLANES)}"
+
+
+def _plane_order_ok(names) -> bool:
+    """An official-compatibility plane order: none, or the three planes in some order."""
+    return names is None or sorted(names) == sorted(PLANES)

@@ -12,6 +12,7 @@ from ddmi.domains.occupancy.config import ShapesConfig
 from ddmi.domains.occupancy.model import OccupancyAutoencoder, occupancy_iou
 from ddmi.errors import DataError
 from ddmi.render.mesh import write_png
+from ddmi.vae.triplane_coords import PLANES
 
 
 def _shapes(cfg, root, split: str, *, num_queries: int | None = None) -> ShapesDataset:
@@ -41,6 +42,8 @@ class OccupancyDomain(Domain):
         check(0 < sc.threshold < 1, "shapes.threshold", "must be a probability in (0, 1)")
         check(sc.pointnet_blocks >= 1 and sc.pointnet_hidden > 0 and sc.pointnet_channels > 0,
               "shapes.pointnet_blocks", "PointNet sizes must be positive")
+        check(_plane_order_ok(sc.cross_plane_order), "shapes.cross_plane_order", ORDER_WHY)
+        check(_plane_order_ok(sc.stage1_latent_planes), "shapes.stage1_latent_planes", ORDER_WHY)
 
     def official_config(self, sections, cfg, official=None):
         """Overrides for official ``pointnet`` / ``vaemodel`` / ``mlp`` sections
@@ -97,3 +100,11 @@ class OccupancyDomain(Domain):
         points = 30_000 if args.points is None else args.points
         return synth_shapes(out, num=args.num, seed=args.seed, overwrite=args.overwrite, split_test=args.test,
                             num_points=points, num_surface=points)
+
+
+ORDER_WHY = f"must be an order of the planes {list(PLANES)}"
+
+
+def _plane_order_ok(names) -> bool:
+    """An official-compatibility plane order: none, or the three planes in some order."""
+    return names is None or sorted(names) == sorted(PLANES)
