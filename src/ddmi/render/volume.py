@@ -66,10 +66,10 @@ def camera_rays(c2w: torch.Tensor, height: int, width: int, focal: float, *,
 
 
 def pixel_rays(c2w: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, height: int, width: int,
-               focal: float) -> tuple[torch.Tensor, torch.Tensor]:
+               focal: float, *, pixel_offset: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """Rays of chosen pixels: ``c2w (N, 4, 4)`` with integer ``rows``/``cols`` ``(N,)`` ->
     origins, directions ``(N, 3)`` (same convention as :func:`camera_rays`)."""
-    d = torch.stack([(cols + 0.5 - 0.5 * width) / focal, -(rows + 0.5 - 0.5 * height) / focal,
+    d = torch.stack([(cols + pixel_offset - 0.5 * width) / focal, -(rows + pixel_offset - 0.5 * height) / focal,
                      -torch.ones_like(cols, dtype=c2w.dtype)], dim=-1).to(c2w.dtype)
     return c2w[:, :3, 3], (c2w[:, :3, :3] @ d[..., None])[..., 0]
 
