@@ -3,6 +3,13 @@
 Frame and plane conventions: :mod:`ddmi.vae.triplane_coords` (one normalisation ``u = p / half_extent`` for
 both encoding and querying; planes ``xy, xz, yz``). Batches are the packed tensors of
 :mod:`ddmi.data.shapes`.
+
+An imported official checkpoint (:mod:`ddmi.domains.occupancy.official`) turns on the
+official-compatibility switches of :class:`~ddmi.domains.occupancy.config.ShapesConfig`: the
+ConvONet frame, ``align_corners=True`` queries, the official cross-plane concatenation order, the
+official stage-1 latent order (:meth:`OccupancyAutoencoder.reconstruction_latent`) and a logit
+without the final ReLU. The latent (``encode(...).mean``) stays ``[xy | xz | yz]``, the order the
+official occupancy LDM was trained on.
 """
 
 from __future__ import annotations
