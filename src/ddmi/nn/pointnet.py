@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddmi.vae.triplane_coords import cell_index
+from ddmi.vae.triplane_coords import cell_index, convonet_cell_index
 
 
 class ResnetBlockFC(nn.Module):
@@ -54,9 +54,12 @@ class LocalPoolPointNet(nn.Module):
     """
 
     def __init__(self, *, dim: int = 3, hidden: int = 256, blocks: int = 7, out_channels: int = 32,
-                 resolution: int = 64):
+                 resolution: int = 64, convonet_padding: float | None = None):
         super().__init__()
         self.resolution = resolution
+        # official compatibility: with ``convonet_padding`` the input is raw world points and the
+        # cells are ConvONet's (triplane_coords.convonet_cell_index); ddmi: normalised ``u``
+        self.convonet_padding = convonet_padding
         self.out_channels = out_channels
         self.fc_pos = nn.Linear(dim, 2 * hidden)
         self.blocks = nn.ModuleList([ResnetBlockFC(2 * hidden, hidden) for _ in range(blocks)])
@@ -65,7 +68,10 @@ class LocalPoolPointNet(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         b, n, _ = u.shape
         r = self.resolution
-        index = cell_index(u[..., :3], r)                                 # (B, 3, N)
+        if self.convonet_padding is None:
+            index = cell_index(u[..., :3], r)                             # (B, 3, N)
+        else:
+            index = convonet_cell_index(u[..., :3], r, self.convonet_padding)
         net = self.blocks[0](self.fc_pos(u))
         for block in self.blocks[1:]:
             pooled = 0
@@ -76,3 +82,22 @@ class LocalPoolPointNet(nn.Module):
         c = self.fc_c(net)                                               # (B, N, C)
         planes = [scatter_to_cells(c, index[:, k], r * r, "mean") for k in range(3)]
         return torch.stack(planes, dim=1).transpose(2, 3).reshape(b, 3, self.out_channels, r, r)
+
+
+# --- official checkpoints (ConvONet ``LocalPoolPointnet``: the same module names) ----------------
+
+def official_pointnet_sizes(sd: dict[str, torch.Tensor]) -> dict:
+    """``dim`` (input channels), ``hidden``, ``blocks`` and ``channels`` (``c_dim``) of an official
+    ``LocalPoolPointnet`` state dict (from the shapes)."""
+    blocks = sorted({int(k.split(".")[1]) for k in sd if k.startswith("blocks.")})
+    return dict(dim=sd["fc_pos.weight"].shape[1], hidden=sd["blocks.0.fc_0.weight"].shape[0],
+                blocks=len(blocks), channels=sd["fc_c.weight"].shape[0])
+
+
+def official_pointnet_state(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """An official ``LocalPoolPointnet`` state dict as :class:`LocalPoolPointNet`'s: ``(state,
+    unused keys)``. The names agree (``fc_pos``, ``blocks.i.{fc_0,fc_1,shortcut}``, ``fc_c``); a
+    ConvONet U-Net on the planes (``unet.*``, not used by DDMI) has no place in ddmi."""
+    ours = ("fc_pos.", "blocks.", "fc_c.")
+    state = {k: v for k, v in sd.items() if k.startswith(ours)}
+    return state, [k for k in sd if k not in state]

@@ -13,13 +13,17 @@ class DiagonalGaussian:
     """
 
     def __init__(self, params: torch.Tensor):
+        self.params = params            # the raw parameters (official ``.parameters``: logvar not clamped)
         self.mean, logvar = params.chunk(2, dim=1)
         self.logvar = logvar.clamp(-30.0, 20.0)
         self.std = torch.exp(0.5 * self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype,
-                            device="cpu" if generator is None else generator.device)
+    def sample(self, generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``mean + std * noise``; ``noise`` (shaped like the mean) is drawn from ``generator``
+        unless given."""
+        if noise is None:
+            noise = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype,
+                                device="cpu" if generator is None else generator.device)
         return self.mean + self.std * noise.to(self.mean.device)
 
     def mode(self) -> torch.Tensor:

@@ -58,19 +58,51 @@ def triplane_grid(u: torch.Tensor) -> torch.Tensor:
     return plane_coords(u).reshape(b * 3, 1, n, 2)
 
 
+# --- the official (ConvONet) frame, for imported official checkpoints ------------------------
+# ConvONet normalises every plane's coordinate pair on its own, q = p / (1 + padding + 1e-5) + 0.5,
+# then sets q >= 1 to 1 - 1e-5 and q < 0 to 0 (not a clamp to [0, 1 - 1e-5]: q in [1 - 1e-5, 1) is
+# kept; note the 1e-5 the ddmi frame does not have), writes the PointNet
+# features to cell floor(q R), and reads the planes at 2q - 1 with align_corners=True: half a cell
+# away from where it wrote them (spec 12.2.6).
+
+
+def convonet_plane_coords(p: torch.Tensor, padding: float) -> torch.Tensor:
+    """World points ``p (B, N, 3)`` -> ConvONet's ``q`` in ``[0, 1)`` on each plane,
+    ``(B, 3, N, 2)`` in PLANES order."""
+    q = plane_coords(p) / (1.0 + padding + 1e-5) + 0.5
+    q = torch.where(q >= 1.0, torch.full_like(q, 1.0 - 1e-5), q)
+    return torch.where(q < 0.0, torch.zeros_like(q), q)
+
+
+def convonet_cell_index(p: torch.Tensor, resolution: int, padding: float) -> torch.Tensor:
+    """ConvONet's flat cell index ``floor(q_1 R) * R + floor(q_0 R)`` of world points ``p (B, N, 3)``
+    on each plane: ``(B, 3, N)`` long (same layout as :func:`cell_index`)."""
+    cells = (convonet_plane_coords(p, padding) * resolution).long()
+    return cells[..., 1] * resolution + cells[..., 0]
+
+
+def convonet_grid(p: torch.Tensor, padding: float) -> torch.Tensor:
+    """World points ``p (B, N, 3)`` -> ConvONet's query grid ``2q - 1``, ``(B*3, 1, N, 2)`` (read
+    with ``align_corners=True``)."""
+    b, n, _ = p.shape
+    return (2.0 * convonet_plane_coords(p, padding) - 1.0).reshape(b * 3, 1, n, 2)
+
+
 def sample_triplane(planes: torch.Tensor, u: torch.Tensor | None = None, *,
-                    grid: torch.Tensor | None = None, reduce: str = "sum") -> torch.Tensor:
+                    grid: torch.Tensor | None = None, reduce: str = "sum",
+                    align_corners: bool = False) -> torch.Tensor:
     """Sum of the bilinear samples of the three planes ``(B, 3, C, H, W)`` at ``u (B, N, 3)``
     (or at a precomputed ``grid = triplane_grid(u)``, to share it between scales).
 
     Returns ``(B, N, C)``, or with ``reduce="concat"`` the three samples concatenated in PLANES
     order, ``(B, N, 3C)`` (the NeRF field). Same convention as :func:`ddmi.fields.sample_plane`
-    (``align_corners=False``, border padding).
+    (``align_corners=False``, border padding); ``align_corners=True`` is the official one
+    (imported checkpoints).
     """
     b, k, c, h, w = planes.shape
     grid = triplane_grid(u) if grid is None else grid
     feats = F.grid_sample(planes.reshape(b * k, c, h, w), grid.to(planes.dtype), mode="bilinear",
-                          padding_mode="border", align_corners=False)          # (B*3, C, 1, N)
+                          padding_mode="border", align_corners=align_corners)  # (B*3, C, 1, N)
     if reduce == "concat":
         return feats.reshape(b, k * c, -1).transpose(1, 2)
     assert reduce == "sum", f"unknown reduce {reduce!r}"

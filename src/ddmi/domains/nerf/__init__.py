@@ -7,6 +7,7 @@ from ddmi.domains.base import Domain
 from ddmi.domains.nerf import outputs
 from ddmi.domains.nerf.config import NeRFConfig
 from ddmi.domains.nerf.model import NeRFAutoencoder
+from ddmi.vae.triplane_coords import PLANES
 
 
 class NeRFDomain(Domain):
@@ -26,7 +27,11 @@ class NeRFDomain(Domain):
         check(0 < nc.near < nc.far, "nerf.near", f"need 0 < near < far, got {nc.near}, {nc.far}")
         check(nc.num_samples >= 2 and nc.render_samples >= 2, "nerf.num_samples", "need >= 2 samples per ray")
         check(nc.num_importance >= 0, "nerf.num_importance", "must be >= 0")
-        check(nc.half_extent > 0 and nc.points_scale > 0, "nerf.half_extent", "half_extent and points_scale must be > 0")
+        check(nc.half_extent > 0 and nc.points_scale > 0, "nerf.half_extent",
+              "half_extent and points_scale must be > 0")
+        check(nc.field_frame in ("box", "world"), "nerf.field_frame", "must be box or world")
+        check(nc.activation in ("relu", "identity"), "nerf.activation", "must be relu or identity")
+        check(nc.depth_spacing in ("bins", "linspace"), "nerf.depth_spacing", "must be bins or linspace")
         check(nc.fov is None or 0 < nc.fov < 3.14, "nerf.fov", "must be in (0, pi) radians")
         check(0 <= nc.val_fraction < 1, "nerf.val_fraction", "must be in [0, 1)")
         check(nc.render_chunk > 0 and nc.turntable_frames > 0, "nerf.render_chunk", "must be > 0")
@@ -38,6 +43,18 @@ class NeRFDomain(Domain):
         check(-30 <= nc.posterior_logvar_init <= 20, "nerf.posterior_logvar_init", "must be in [-30, 20]")
         check(nc.pointnet_blocks >= 1 and nc.pointnet_hidden > 0 and nc.pointnet_channels > 0,
               "nerf.pointnet_blocks", "PointNet sizes must be positive")
+        check(_plane_order_ok(nc.cross_plane_order), "nerf.cross_plane_order", ORDER_WHY)
+        check(_plane_order_ok(nc.latent_planes), "nerf.latent_planes", ORDER_WHY)
+
+    def official_config(self, sections, cfg, official=None):
+        """Overrides for official ``pointnet`` / ``vaemodel`` / ``mlp`` sections
+        (:mod:`ddmi.domains.nerf.official`)."""
+        from ddmi.domains.nerf import official as off
+        return off.official_config(sections, cfg, official)
+
+    def official_autoencoder_state(self, sections, cfg):
+        from ddmi.domains.nerf import official as off
+        return off.official_state(sections, cfg)
 
     def build_autoencoder(self, cfg):
         return NeRFAutoencoder(cfg)
@@ -72,3 +89,11 @@ class NeRFDomain(Domain):
         return synth_nerf(out, num=args.num, seed=args.seed, overwrite=args.overwrite, split_test=args.test,
                           resolution=args.resolution, views=args.views,
                           num_points=2048 if args.points is None else args.points)
+
+
+ORDER_WHY = f"must be an order of the planes {list(PLANES)}"
+
+
+def _plane_order_ok(names) -> bool:
+    """An official-compatibility plane order: none, or the three planes in some order."""
+    return names is None or sorted(names) == sorted(PLANES)

@@ -40,3 +40,25 @@ class NeRFConfig:
     turntable_frames: int = 24         # `ddmi sample`: frames per turntable
     turntable_radius: float = 4.0
     turntable_elevation: float = 20.0  # degrees above the horizon
+    # --- official compatibility (set by the importer of official checkpoints; docs/official-checkpoints.md).
+    # Encoder frame: with a number, the PointNet sees the raw coloured points [xyz, rgb] and its cells are
+    # ConvONet's, q = p / (1 + convonet_padding + 1e-5) + 0.5 (q >= 1 -> 1 - 1e-5, q < 0 -> 0; official
+    # padding 0.1: a box of +-0.55 that does not match the render box, spec 12.2.4). ddmi (none):
+    # [p / half_extent, 2 rgb - 1], the same frame as the renderer.
+    convonet_padding: float | None = None
+    # Field frame: "world" (official) queries the field at world points: the planes are read at
+    # p / half_extent (official half_extent 3.5) and the positional encoding is of p itself; "box" (ddmi)
+    # queries it at u = p / half_extent and encodes u.
+    field_frame: str = "box"
+    align_corners: bool = False          # official: planes read with align_corners=True (ddmi: False)
+    # official MLPNeRF activations are nn.LeakyReLU(True), i.e. slope 1 = identity (spec 12.2.3); ddmi: relu
+    activation: str = "relu"
+    mask_outside_box: bool = True        # ddmi: density 0 outside |u| <= 1; official: none (border padding)
+    # official: the cross-plane blocks concatenate [xy | yz | xz]; ddmi (none): [xy | xz | yz]
+    cross_plane_order: list[str] | None = None
+    # official NeRF stacks the latent [xy, yz, xz] in both stages (decode() slices [xy, xz, yz]: the
+    # official mismatch of spec 12.2.1, which NeRF has in both stages); ddmi (none): [xy, xz, yz]
+    latent_planes: list[str] | None = None
+    depth_spacing: str = "bins"          # official "linspace": near (1-t) + far t, t = linspace(0, 1, S)
+    last_delta: float | None = None      # official 1e10 (acc = 1: no background); ddmi: the last interval ends at far
+    pixel_offset: float = 0.5            # official 0: rays through the pixels' corners (get_rays); ddmi: centres

@@ -19,7 +19,6 @@ and returns ``[sigma, r, g, b]`` (``sigma >= 0`` in world units, rgb in [0, 1]).
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -30,8 +29,8 @@ from ddmi.fields import Field
 from ddmi.nn.pointnet import LocalPoolPointNet
 from ddmi.nn.spectral import SpectralRegularizer
 from ddmi.render.volume import SRN_FOV, render_rays
-from ddmi.vae.triplane_coords import sample_triplane, triplane_grid
 from ddmi.vae.posterior import DiagonalGaussian
+from ddmi.vae.triplane_coords import sample_triplane, triplane_grid
 from ddmi.vae.triplanes import TriplaneVAE, triplane_spec
 
 
@@ -45,12 +44,21 @@ def positional_encoding(x: torch.Tensor, num_freqs: int) -> torch.Tensor:
 
 
 class NeRFMLP(nn.Module):
-    """Tri-plane features + PE(position) (+ PE(view direction)) -> density and colour (module doc)."""
+    """Tri-plane features + PE(position) (+ PE(view direction)) -> density and colour (module doc).
+
+    Official compatibility (:class:`~ddmi.domains.nerf.config.NeRFConfig`): ``world_scale`` (the
+    coordinates are world points, the planes are read at ``p / world_scale`` and the PE is of
+    ``p``), ``align_corners``, ``activation="identity"`` and ``mask_outside_box=False``."""
 
     def __init__(self, *, plane_channels: int, num_scales: int = 1, depth: int = 6, width: int = 256,
-                 skips: tuple[int, ...] = (2, 4), multires: int = 10, multires_views: int = 4):
+                 skips: tuple[int, ...] = (2, 4), multires: int = 10, multires_views: int = 4,
+                 world_scale: float | None = None, align_corners: bool = False, activation: str = "relu",
+                 mask_outside_box: bool = True):
         super().__init__()
         self.multires, self.multires_views, self.skips = multires, multires_views, tuple(skips)
+        assert activation in ("relu", "identity"), f"unknown activation {activation!r}"
+        self.world_scale, self.align_corners = world_scale, align_corners
+        self.activation, self.mask_outside_box = activation, mask_outside_box
         in_ch = 3 * plane_channels * num_scales + 3 * (1 + 2 * multires)
         dir_ch = 3 * (1 + 2 * multires_views)
         self.layers = nn.ModuleList()
@@ -67,26 +75,37 @@ class NeRFMLP(nn.Module):
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
             nn.init.zeros_(layer.bias)
 
-    def forward(self, planes: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
-        """``planes``: ``(B, 3, C, r, r)`` per scale; ``coords (B, N, 6)`` = [u, unit direction].
+    def forward(self, planes: list[torch.Tensor], coords: torch.Tensor, *, raw: bool = False) -> torch.Tensor:
+        """``planes``: ``(B, 3, C, r, r)`` per scale; ``coords (B, N, 6)`` = [u (or the world point,
+        with ``world_scale``), unit direction].
 
-        Returns ``(B, N, 4)``: density (0 outside ``|u| <= 1``) and rgb in [0, 1]."""
-        u, d = coords[..., :3], coords[..., 3:6]
+        Returns ``(B, N, 4)``: density (0 outside ``|u| <= 1``) and rgb in [0, 1] (``raw``: the
+        density before its softplus and mask)."""
+        x, d = coords[..., :3], coords[..., 3:6]
+        u = x if self.world_scale is None else x / self.world_scale
         grid = triplane_grid(u)
-        # the input x = [features, PE(u)] is kept in pieces: a layer on a concatenation is the sum
-        # of its weight blocks applied to the pieces (no concatenated copies: memory-bound on CPU)
-        x = [sample_triplane(p, grid=grid, reduce="concat") for p in planes] + [positional_encoding(u, self.multires)]
+        feats = [sample_triplane(p, grid=grid, reduce="concat", align_corners=self.align_corners) for p in planes]
+        sigma, rgb = self.network(feats + [positional_encoding(x, self.multires)],
+                                  positional_encoding(d, self.multires_views))
+        if not raw:
+            sigma = F.softplus(sigma)
+            if self.mask_outside_box:
+                sigma = sigma * (u.abs().amax(-1) <= 1.0)
+        return torch.cat([sigma[..., None], rgb], dim=-1)
+
+    def network(self, x: list[torch.Tensor], pe_dir: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MLP on its input ``x = [plane features..., PE(position)]`` (kept in pieces: a layer
+        on a concatenation is the sum of its weight blocks applied to the pieces, no concatenated
+        copies: memory-bound on CPU) and ``pe_dir``: the raw density ``(...)`` and rgb ``(..., 3)``."""
+        act = (lambda t: F.relu(t, inplace=True)) if self.activation == "relu" else (lambda t: t)
         h = _linear(self.layers[0], x)
         for i, layer in enumerate(self.layers):
             if i:
                 h = _linear(layer, [h] + x) if i in self.skips else layer(h)
-            h = F.relu(h, inplace=True)
-        sigma = F.softplus(self.sigma(h))[..., 0]
-        sigma = sigma * (u.abs().amax(-1) <= 1.0)
-        hc = F.relu(_linear(self.rgb_hidden, [self.feature(h), positional_encoding(d, self.multires_views)]),
-                    inplace=True)
-        rgb = torch.sigmoid(self.rgb(hc))
-        return torch.cat([sigma[..., None], rgb], dim=-1)
+            h = act(h)
+        sigma = self.sigma(h)[..., 0]
+        hc = act(_linear(self.rgb_hidden, [self.feature(h), pe_dir]))
+        return sigma, torch.sigmoid(self.rgb(hc))
 
 
 def _linear(layer: nn.Linear, pieces: list[torch.Tensor]) -> torch.Tensor:
@@ -110,17 +129,26 @@ class NeRFAutoencoder(nn.Module):
         super().__init__()
         nc = cfg.nerf
         self.nerf = nc
-        self.spec = triplane_spec(cfg.vae, in_channels=nc.pointnet_channels, resolution=cfg.data.resolution)
+        self.spec = triplane_spec(cfg.vae, in_channels=nc.pointnet_channels, resolution=cfg.data.resolution,
+                                  cross_plane_order=nc.cross_plane_order, latent_order=nc.latent_planes)
         self.resolution = cfg.data.resolution
         self.half_extent = float(nc.half_extent)
         self.num_points = nc.num_points
         self.fov = nc.fov if nc.fov is not None else SRN_FOV
+        assert nc.field_frame in ("box", "world"), f"nerf.field_frame must be box or world, not {nc.field_frame!r}"
+        self.world_frame = nc.field_frame == "world"
+        self.convonet_padding = nc.convonet_padding
+        self.pixel_offset = float(nc.pixel_offset)
         self.pointnet = LocalPoolPointNet(dim=6, hidden=nc.pointnet_hidden, blocks=nc.pointnet_blocks,
-                                          out_channels=nc.pointnet_channels, resolution=cfg.data.resolution)
+                                          out_channels=nc.pointnet_channels, resolution=cfg.data.resolution,
+                                          convonet_padding=nc.convonet_padding)
         self.vae = TriplaneVAE(self.spec)
         self.mlp = NeRFMLP(plane_channels=self.spec.plane_channels, num_scales=len(self.spec.plane_resolutions),
                            depth=nc.mlp_depth, width=cfg.mlp.hidden, skips=tuple(nc.skips),
-                           multires=nc.multires, multires_views=nc.multires_views)
+                           multires=nc.multires, multires_views=nc.multires_views,
+                           world_scale=self.half_extent if self.world_frame else None,
+                           align_corners=bool(nc.align_corners), activation=nc.activation,
+                           mask_outside_box=bool(nc.mask_outside_box))
         # posterior means at the prior's scale, small initial noise: colour reaches the latent (docs/nerf.md)
         self.vae.encoder.init_posterior(logvar=nc.posterior_logvar_init)
         self.spectral = SpectralRegularizer(self.vae, power_iters=cfg.loss.sn_power_iters) \
@@ -136,12 +164,16 @@ class NeRFAutoencoder(nn.Module):
                 "mlp": self.mlp}
 
     def normalize(self, points: torch.Tensor) -> torch.Tensor:
-        """World points ``(..., 3)`` -> ``u = p / half_extent`` (not clamped: the MLP zeroes the
-        density outside the box; the PointNet clamps cells)."""
-        return points / self.half_extent
+        """World points ``(..., 3)`` -> the field's coordinates: ``u = p / half_extent`` (not
+        clamped: the MLP zeroes the density outside the box; the PointNet clamps cells), or ``p``
+        itself with ``nerf.field_frame=world``."""
+        return points if self.world_frame else points / self.half_extent
 
     def encoder_input(self, points: torch.Tensor) -> torch.Tensor:
-        """Coloured points ``(B, P, 6)`` (world xyz, rgb in [0, 1]) -> ``[u, 2 rgb - 1]``."""
+        """Coloured points ``(B, P, 6)`` (world xyz, rgb in [0, 1]) -> ``[u, 2 rgb - 1]`` (with
+        ``nerf.convonet_padding``: the points as they are, the official PointNet input)."""
+        if self.convonet_padding is not None:
+            return points[..., :6]
         return torch.cat([self.normalize(points[..., :3]).clamp(-1, 1), points[..., 3:6] * 2 - 1], dim=-1)
 
     def encode(self, points: torch.Tensor) -> DiagonalGaussian:
@@ -173,7 +205,7 @@ class NeRFAutoencoder(nn.Module):
         nc = self.nerf
         return dict(near=nc.near, far=nc.far, num_samples=nc.num_samples if train else nc.render_samples,
                     num_importance=nc.num_importance, white_background=nc.white_background,
-                    chunk=nc.render_chunk)
+                    chunk=nc.render_chunk, depth_spacing=nc.depth_spacing, last_delta=nc.last_delta)
 
     def random_inputs(self, generator: torch.Generator, n: int, *, hflip: bool = False) -> dict:
         """All randomness of one training step for ``n`` objects: posterior noise, stratified

@@ -27,7 +27,8 @@ def render_latents(ae, z: torch.Tensor, poses: torch.Tensor, resolution: int) ->
     planes = ae.vae.decode(z)
     device = planes[0].device
     return render_views(ae.query_fn(planes), poses.to(device), resolution, resolution,
-                        focal_from_fov(resolution, ae.fov), batch=len(z), **ae.render_kwargs(train=False))
+                        focal_from_fov(resolution, ae.fov), batch=len(z), pixel_offset=ae.pixel_offset,
+                        **ae.render_kwargs(train=False))
 
 
 def turntable(ae, n: int | None = None) -> torch.Tensor:
@@ -182,8 +183,8 @@ def reconstruct_nerf_command(ae, args, log=print) -> int:
     """``ddmi reconstruct`` for a NeRF run: srn-cars ``.npz`` objects -> their encoded point
     clouds -> renders of ``--views`` of their views, with PSNR / SSIM against the images (on the
     autoencoder's device)."""
-    from ddmi.devices import model_device
     from ddmi.data.srn import read_scene
+    from ddmi.devices import model_device
     from ddmi.metrics.image_quality import psnr, ssim
     from ddmi.render.mesh import write_png
     out = Path(args.out)

@@ -12,6 +12,7 @@ from ddmi.domains.occupancy.config import ShapesConfig
 from ddmi.domains.occupancy.model import OccupancyAutoencoder, occupancy_iou
 from ddmi.errors import DataError
 from ddmi.render.mesh import write_png
+from ddmi.vae.triplane_coords import PLANES
 
 
 def _shapes(cfg, root, split: str, *, num_queries: int | None = None) -> ShapesDataset:
@@ -41,6 +42,18 @@ class OccupancyDomain(Domain):
         check(0 < sc.threshold < 1, "shapes.threshold", "must be a probability in (0, 1)")
         check(sc.pointnet_blocks >= 1 and sc.pointnet_hidden > 0 and sc.pointnet_channels > 0,
               "shapes.pointnet_blocks", "PointNet sizes must be positive")
+        check(_plane_order_ok(sc.cross_plane_order), "shapes.cross_plane_order", ORDER_WHY)
+        check(_plane_order_ok(sc.stage1_latent_planes), "shapes.stage1_latent_planes", ORDER_WHY)
+
+    def official_config(self, sections, cfg, official=None):
+        """Overrides for official ``pointnet`` / ``vaemodel`` / ``mlp`` sections
+        (:mod:`ddmi.domains.occupancy.official`)."""
+        from ddmi.domains.occupancy import official as off
+        return off.official_config(sections, cfg, official)
+
+    def official_autoencoder_state(self, sections, cfg):
+        from ddmi.domains.occupancy import official as off
+        return off.official_state(sections, cfg)
 
     def build_autoencoder(self, cfg):
         return OccupancyAutoencoder(cfg)
@@ -58,14 +71,14 @@ class OccupancyDomain(Domain):
     def write_preview(self, ae, preview, path):
         """Meshes (32^3) of the reconstructions of up to 8 preview shapes, one view each."""
         points = split_item(preview.to(next(ae.parameters()).device), ae.num_points)[0]
-        found = meshes.extract_meshes(ae.decode(ae.encode(points).mode()), 32, threshold=ae.threshold,
-                                      half_extent=ae.half_extent)
+        z = ae.reconstruction_latent(ae.encode(points).mode())
+        found = meshes.extract_meshes(ae.decode(z), 32, threshold=ae.threshold, half_extent=ae.half_extent)
         return [write_png(path, meshes.preview_sheet(found, half_extent=ae.half_extent))]
 
     def probe(self, ae, preview):
         """``iou``: occupancy IoU of the preview shapes' reconstructions at their query points."""
         points, queries, occ = split_item(preview.to(next(ae.parameters()).device), ae.num_points)
-        logits = ae.decode(ae.encode(points).mode()).query(ae.normalize(queries))[..., 0]
+        logits = ae.decode(ae.reconstruction_latent(ae.encode(points).mode())).query(ae.normalize(queries))[..., 0]
         return {"iou": float(occupancy_iou(logits, occ, ae.threshold_logit))}
 
     def encoder_dataset(self, cfg):
@@ -87,3 +100,11 @@ class OccupancyDomain(Domain):
         points = 30_000 if args.points is None else args.points
         return synth_shapes(out, num=args.num, seed=args.seed, overwrite=args.overwrite, split_test=args.test,
                             num_points=points, num_surface=points)
+
+
+ORDER_WHY = f"must be an order of the planes {list(PLANES)}"
+
+
+def _plane_order_ok(names) -> bool:
+    """An official-compatibility plane order: none, or the three planes in some order."""
+    return names is None or sorted(names) == sorted(PLANES)

@@ -46,7 +46,7 @@ def evaluate_run(run_dir: Path, cfg, stage: str, ae, generate, *, metrics, num, 
         with torch.inference_mode():
             for i in picked:
                 item = ds[int(i)][None].to(dev)
-                z = ae.encode(item[:, :sc.num_points, :3]).mode()
+                z = ae.reconstruction_latent(ae.encode(item[:, :sc.num_points, :3]).mode())
                 points, occ = ds.occupancy(int(i))
                 logits = ae.decode(z).query(ae.normalize(torch.from_numpy(points).float().to(dev)))[..., 0]
                 ious.append(float(occupancy_iou(logits, torch.from_numpy(occ).float()[None].to(dev),

@@ -199,7 +199,7 @@ def reconstruct_shapes_command(ae, args, log=print) -> int:
             pts = (pts - (lo + hi) / 2) / max(float((hi - lo).max()), 1e-12)
         pts = pts[rng.integers(0, len(pts), ae.num_points)]
         with torch.inference_mode():
-            z = ae.encode(torch.from_numpy(pts)[None].to(model_device(ae))).mode()
+            z = ae.reconstruction_latent(ae.encode(torch.from_numpy(pts)[None].to(model_device(ae))).mode())
             meshes += extract_meshes(ae.decode(z), res, threshold=ae.threshold, half_extent=ae.half_extent)
     write_meshes(meshes, out, stems, half_extent=ae.half_extent, grid_name="reconstructions.png")
     log(f"wrote {len(meshes)} reconstructed meshes at {res}^3 to {out} (PLY + OBJ + PNG each)")
