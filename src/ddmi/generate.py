@@ -34,7 +34,10 @@ def latent_batches(diffusion, noises: torch.Tensor, *, sampler: str, steps: int 
     calls = steps or (diffusion.num_steps if sampler == "ddpm" else DEFAULT_STEPS[sampler])
     bar = tqdm(total=calls * len(starts), desc=f"sampling {len(noises)} ({sampler}, {calls} steps)",
                unit="step", disable=not progress)
-    hook = diffusion.net.register_forward_hook(lambda *_: bar.update(1))
+    def count(*_) -> None:        # a forward hook that returned a value would replace the output
+        bar.update(1)
+
+    hook = diffusion.net.register_forward_hook(count)
     try:
         for i in starts:
             x = noises[i:i + batch_size]
