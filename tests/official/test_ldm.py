@@ -204,3 +204,72 @@ def test_paper_manifest_maps_completely(official_root, name):  # noqa: F811
     # latent_shift and, for the tri-plane UNet, the identity input_cross.0)
     extra = {"latent_scale", "latent_shift"} | {k for k in own if k.startswith("net.input_cross.0.")}
     assert len(own) - len(extra & set(own)) == len(diffusion) - 12
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixture-free checks of the layout conversions
+
+
+def _legacy_attention(x, norm, qkv_w, qkv_b, proj_w, proj_b, heads):
+    """ADM ``AttentionBlock`` with ``QKVAttentionLegacy``, written from its description: the 3C qkv
+    rows are (heads, 3, head_dim); q and k are each scaled by head_dim ** -1/4; fp32 softmax."""
+    import math
+    b, c, *spatial = x.shape
+    h = x.reshape(b, c, -1)
+    qkv = torch.nn.functional.conv1d(norm(h), qkv_w, qkv_b)
+    d = c // heads
+    q, k, v = qkv.reshape(b * heads, 3 * d, -1).split(d, dim=1)
+    scale = 1 / math.sqrt(math.sqrt(d))
+    w = torch.softmax(torch.einsum("bct,bcs->bts", q * scale, k * scale).float(), dim=-1)
+    a = torch.einsum("bts,bcs->bct", w, v).reshape(b, c, -1)
+    return (h + torch.nn.functional.conv1d(a, proj_w, proj_b)).reshape(b, c, *spatial)
+
+
+@pytest.mark.parametrize("channels, head_channels", [(32, 16), (64, 32), (96, 32)])
+def test_legacy_qkv_rows_map_onto_ddmi_attention(channels, head_channels):
+    from ddmi.nn.unet import AttentionBlock
+    from ddmi.official.denoiser import _map_unet
+    g = torch.Generator().manual_seed(channels)
+    official = {"middle_block.1.norm.weight": 1 + 0.1 * torch.randn(channels, generator=g),
+                "middle_block.1.norm.bias": 0.1 * torch.randn(channels, generator=g),
+                "middle_block.1.qkv.weight": torch.randn(3 * channels, channels, 1, generator=g) / channels ** 0.5,
+                "middle_block.1.qkv.bias": 0.1 * torch.randn(3 * channels, generator=g),
+                "middle_block.1.proj_out.weight": torch.randn(channels, channels, 1, generator=g) / channels ** 0.5,
+                "middle_block.1.proj_out.bias": 0.1 * torch.randn(channels, generator=g)}
+    state, unused = _map_unet(official, head_channels, triplane=False)
+    assert not unused
+    block = AttentionBlock(channels=channels, head_channels=head_channels, groups=32).eval()
+    block.load_state_dict({k[len("middle_block.1."):]: v for k, v in state.items()})
+    x = torch.randn(2, channels, 4, 6, generator=g)
+    with torch.no_grad():
+        expected = _legacy_attention(x, block.norm, official["middle_block.1.qkv.weight"],
+                                     official["middle_block.1.qkv.bias"], official["middle_block.1.proj_out.weight"],
+                                     official["middle_block.1.proj_out.bias"], channels // head_channels)
+        assert_close(block(x), expected, "legacy attention", 1e-6)
+
+
+def test_identity_cross_attention_is_exact():
+    from ddmi.official.denoiser import _identity_cross
+    from ddmi.vae.spacetime import CrossPlaneAttention
+    cross = CrossPlaneAttention(32, 16, zero_init=True)
+    cross.load_state_dict({k.split(".", 1)[1]: v for k, v in _identity_cross("x", 32, torch.zeros(1)).items()})
+    planes = [torch.randn(2, 32, 4, 4), torch.randn(2, 32, 8, 4), torch.randn(2, 32, 8, 4)]
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(cross(planes), planes))
+
+
+def test_official_args_namespace_is_accepted(official_root):  # noqa: F811
+    """``official`` may be the official ``args`` Namespace with omegaconf values (README 2.3; the
+    sample loads only with weights_only=False: a trusted fixture file)."""
+    folder, cj, fx = domain_fixture(official_root, "image")
+    args = torch.load(folder / "ldm-args-namespace-sample.pt", map_location="cpu", weights_only=False)["args"]
+    ck = torch.load(folder / "ldm-last.pt", map_location="cpu", weights_only=True)
+    cfg = load_config(TINY["image"])
+    from_args = official_ldm_config(ck["diffusion"], cfg, args)
+    from_json = official_ldm_config(ck["diffusion"], cfg, cj["config"])
+    assert from_args["ldm"]["unet"] == from_json["ldm"]["unet"]
+    assert from_args["ldm"]["ema_every"] == int(args.loss_config["ema_update_every"])
+    assert from_args["ldm"]["ema_decay"] == float(args.loss_config["ema_decay"])
+    assert (from_args["ldm"]["sampler"], from_args["ldm"]["sample_steps"]) == (
+        "ddim", int(args.ddpmconfig["sampling_timesteps"]))
+    load_config(TINY["image"], from_args)

@@ -15,10 +15,16 @@ and ``ema.ema_model.*``):
     ``(3, heads, head_dim)``: the rows are permuted (heads = C / num_head_channels);
   - tri-plane 1-D attention ``input_attns.i`` / ``mid_attn`` / ``output_attns.i`` -> ddmi
     ``input_cross.i`` / ``middle_cross`` / ``output_cross.i``; ``q``/``k``/``v``/``proj_out`` are
-    Conv1d ``(C, C, 1)`` -> Linear ``(C, C)``.
+    Conv1d ``(C, C, 1)`` -> Linear ``(C, C)``. The official model has no 1-D attention after its
+    input conv (``input_attns`` starts at 1); ddmi's ``input_cross.0`` is filled with an exact
+    identity (zero output projection), so that no switch is needed.
 
 ddmi's ``latent_scale`` (ones) and ``latent_shift`` (zeros) are filled in: the official LDM works on
 raw VAE latents.
+
+The ``ema`` section (ema-pytorch 0.2.1: ``initted``, ``step``, ``online_model.*``, ``ema_model.*``)
+becomes ddmi's :class:`~ddmi.training.ema.EMA` state (``ema_model.*``, ``step``); ``ema_model`` holds
+the weights official sampling uses (:func:`official_ema_state`).
 
 What shapes cannot tell: the attention head width (``num_head_channels``; from the official YAML
 ``unetconfig`` when given, else ``cfg.ldm.unet.num_head_channels``); the tri-plane sizes
@@ -195,8 +201,9 @@ def official_ldm_config(diffusion: Mapping[str, torch.Tensor], cfg, official: Ma
     latents: no standardisation, no shift) and, for the tri-plane UNet, ``video.unet_cross_heads = 16``.
     No other switch is needed: ddmi's UNet, mixing, loss and DDIM compute the official functions
     (docs/official-checkpoints.md, "Stage 2").
-    The sampler becomes the official one: DDIM with ``ddpmconfig.sampling_timesteps`` steps (from
-    ``official`` when given; the ancestral sampler when that is the full T).
+    With ``official``, the sampler becomes the official one (DDIM with ``ddpmconfig.sampling_timesteps``
+    steps, or the ancestral sampler when that is the full T) and the EMA settings those of
+    ``loss_config`` (``ema_decay``, ``ema_update_every``; ``ema_after`` is always ema-pytorch's 100).
     A contradiction between the shapes and ``official`` is a :class:`CheckpointError`.
     """
     sizes = infer_unet(diffusion)
@@ -232,6 +239,15 @@ def official_ldm_config(diffusion: Mapping[str, torch.Tensor], cfg, official: Ma
             ldm["mixed_init"] = float(d["mixed_init"])
         steps = int(d.get("sampling_timesteps", DDMI_SCHEDULE[0]))
         ldm["sampler"], ldm["sample_steps"] = ("ddim", steps) if steps < DDMI_SCHEDULE[0] else ("ddpm", steps)
+    # training continued from an import averages like ema_pytorch.EMA(beta, update_every) with the
+    # library's update_after_step = 100
+    ldm["ema_after"] = 100
+    train = _find(official, "loss_config")
+    if train is not None:
+        if "ema_decay" in train:
+            ldm["ema_decay"] = float(train["ema_decay"])
+        if "ema_update_every" in train:
+            ldm["ema_every"] = int(train["ema_update_every"])
     out: dict = {"ldm": ldm}
     if sizes["triplane"]:
         out["video"] = {"unet_cross_heads": OFFICIAL_TRIPLANE_HEADS}
