@@ -32,12 +32,13 @@ PAPER = {"afhq": "afhq", "celebahq": "celebahq", "shapenet": "shapenet", "srn_ca
 
 # The video fixture's tri-plane UNet is ill-conditioned in fp32: at its deepest level the planes are
 # 1x1 (xy) and 2x1 (time planes), so the GroupNorm32 groups of its ResBlocks hold 1 or 2 values, and
-# 1-ulp changes of the weights (relative 1e-7 noise) move ddmi's own output by up to 4e-4 of its
-# magnitude (DDIM step 0, t = 999; 4e-5 on ldm.online.unet). Two correct fp32 implementations on
-# different CPUs differ by that much: measured here 6.3e-5 (online UNet), 1.3e-5 (EMA UNet), 2.5e-4
-# (DDIM step-0 UNet), while image / occupancy / NeRF agree to 3e-6 or better. A mapping error gives
-# errors of order 1, so the video outputs are compared at this bound.
-VIDEO_RTOL = 1e-3
+# 1-ulp changes of the weights (relative 1e-7 noise) move ddmi's own output by up to 4e-5 of its
+# magnitude on ldm.online.unet and up to 4e-4 on the DDIM step-0 UNet (t = 999). Two correct fp32
+# implementations on different CPUs differ by that much: measured here 6.3e-5 (online UNet), 1.3e-5
+# (EMA UNet), 2.5e-4 (DDIM step-0 UNet), while image / occupancy / NeRF agree to 3e-6 or better. The
+# video outputs are compared at these bounds (a GroupNorm eps of 1e-5 instead of 1e-6 in the 1-D
+# attention, for instance, gives 5e-4 on ldm.online.unet and still fails).
+VIDEO_RTOL = {"x_t": 2e-4, "ddim": 2e-3}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -48,8 +49,8 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _rtol(domain: str) -> float:
-    return VIDEO_RTOL if domain == "video" else 1e-5
+def _rtol(domain: str, what: str) -> float:
+    return VIDEO_RTOL[what] if domain == "video" else 1e-5
 
 
 def _merge(*trees: dict) -> dict:
@@ -98,7 +99,7 @@ def test_ldm_outputs_match_official(official_root, domain):  # noqa: F811
     cj, fx, ck, cfg = _official_setup(official_root, domain)
     x_t, t = fx["in.ldm.x_t"], fx["in.ldm.t"]
     online, ema = _models(cfg, ck, tuple(x_t.shape[1:]))
-    rtol = _rtol(domain)
+    rtol = _rtol(domain, "x_t")
     with torch.no_grad():
         for name, model in (("ema", ema), ("online", online)):
             assert_close(model.net(x_t, t), fx[f"ldm.{name}.unet"], f"ldm.{name}.unet", rtol)
@@ -122,7 +123,7 @@ def test_ddim_matches_official(official_root, domain):  # noqa: F811
         out = sample(ema, noise.shape, sampler=cfg.ldm.sampler, steps=cfg.ldm.sample_steps, noise=noise)
     finally:
         hook.remove()
-    rtol = _rtol(domain)
+    rtol = _rtol(domain, "ddim")
     assert len(calls) == steps == fx["ldm.ema.ddim.t"].shape[0]
     assert ddim_timesteps(steps) == fx["ldm.ema.ddim.t"][:, 0].tolist()
     for i, (x_in, t_in, unet) in enumerate(calls):
@@ -273,3 +274,14 @@ def test_official_args_namespace_is_accepted(official_root):  # noqa: F811
     assert (from_args["ldm"]["sampler"], from_args["ldm"]["sample_steps"]) == (
         "ddim", int(args.ddpmconfig["sampling_timesteps"]))
     load_config(TINY["image"], from_args)
+
+
+def test_another_schedule_is_refused(official_root):  # noqa: F811
+    from ddmi.errors import CheckpointError
+    from ddmi.official.denoiser import check_schedule
+    folder, cj, fx = domain_fixture(official_root, "image")
+    diffusion = dict(torch.load(folder / "ldm-last.pt", map_location="cpu", weights_only=True)["diffusion"])
+    check_schedule(diffusion)
+    diffusion["betas"] = diffusion["betas"] * (1 + 1e-4)
+    with pytest.raises(CheckpointError, match="betas"):
+        check_schedule(diffusion)
