@@ -125,7 +125,7 @@ class LatentDiffusion(nn.Module):
         assert latent_channels >= 1, f"latent_channels must be >= 1, got {latent_channels}"
         scale = torch.as_tensor(latent_scale, dtype=torch.float32).expand(latent_channels).clone()
         shift = torch.as_tensor(latent_shift, dtype=torch.float32).expand(latent_channels).clone()
-        assert bool((scale > 0).all()), f"latent_scale must be positive, got {latent_scale}"
+        assert scale.is_meta or bool((scale > 0).all()), f"latent_scale must be positive, got {latent_scale}"
         self.net = net
         self.latent_channels = latent_channels
         self.num_steps = num_steps
@@ -186,8 +186,25 @@ class LatentDiffusion(nn.Module):
         x0 = self.normalize(z0)
         t = torch.randint(0, self.num_steps, (x0.shape[0],), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        return self.p_loss(x0, t, noise)
+
+    def p_loss(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The eps-MSE of :meth:`loss` at given ``t`` (B,) and ``noise`` (B, C, ...) on a
+        diffusion-space ``x0`` (already :meth:`normalize`-d) -> scalar, averaged over all elements
+        (the official ``DDPM.p_losses`` averages per sample, then over the batch: the same value
+        for equal-size samples)."""
         eps_hat = self.predict_eps(self.q_sample(x0, t, noise), t)
         return (eps_hat.float() - noise.float()).square().mean()
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t) (DDPM eq. 4 inverted), per
+        sample: (B, C, ...), (B,) int -> (B, C, ...) in diffusion space."""
+        t = t.to(device=x_t.device, dtype=torch.long)
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        eps = self.predict_eps(x_t, t)
+        abar = _batch_view(self.alphas_cumprod[t], x_t.ndim).to(x_t.dtype)
+        return (x_t - (1.0 - abar).sqrt() * eps) / abar.sqrt()
 
     def forward(self, z0: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """Alias of :meth:`loss`, so that DDP-wrapped models can be called directly."""

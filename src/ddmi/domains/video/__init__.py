@@ -55,6 +55,10 @@ class VideoDomain(Domain):
         return TriplaneUNet(plane_shapes=video_spec(cfg).plane_shapes(), cross_heads=cfg.video.unet_cross_heads,
                             **unet_arguments(cfg, latent_shape))
 
+    def official_denoiser_state(self, diffusion, cfg):
+        from ddmi.official.denoiser import triplane_ddpm_state  # the tri-plane UNet of the official video LDM
+        return triplane_ddpm_state(diffusion, cfg)
+
     def build_discriminator(self, cfg):
         return VideoDiscriminator(cfg.gan.disc_channels, cfg.gan.disc_layers)
 
