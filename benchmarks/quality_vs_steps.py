@@ -27,13 +27,13 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     from ddmi import checkpoint as ckpt
-    from ddmi.runs import load_autoencoder
-    from ddmi.metrics.image_sets import _reference_features
-    from ddmi.runs import load_diffusion
-    from ddmi.metrics.fid import features_from_batches, fid_from_features, to_uint8
-    from ddmi.metrics.frechet import kid
-    from ddmi.metrics.inception import InceptionFeatures
+    from ddmi.data.images import uint8_tensor
     from ddmi.generate import generate_latents, noise_for
+    from ddmi.metrics.fid import features_from_batches, fid_from_features
+    from ddmi.metrics.frechet import kid
+    from ddmi.metrics.image_sets import _reference_features
+    from ddmi.metrics.inception import InceptionFeatures
+    from ddmi.runs import load_autoencoder, load_diffusion
 
     torch.set_num_threads(2)
     run = Path(args.run_dir)
@@ -55,7 +55,7 @@ def main(argv=None) -> None:
             z = generate_latents(diffusion, ae.latent_shape, noises, sampler=sampler, steps=steps,
                                  batch_size=args.batch_size, progress=False)
             dt = time.perf_counter() - t0
-            imgs = [to_uint8(ae.render(z[i:i + args.batch_size])) for i in range(0, len(z), args.batch_size)]
+            imgs = [uint8_tensor(ae.render(z[i:i + args.batch_size])) for i in range(0, len(z), args.batch_size)]
         feats = features_from_batches(imgs, extractor)
         k, _ = kid(feats, ref)
         print(f"| {sampler} | {steps} | {fid_from_features(feats, ref):.2f} | {1e3 * k:.2f} | "

@@ -6,17 +6,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ddmi.data.images import uint8_tensor
 from ddmi.errors import DataError, MissingDependencyError
 from ddmi.metrics.fid import (
     features_from_batches,
     fid_from_features,
     fid_from_folders,
     folder_features,
+    image_files,
+    image_tensor,
     iter_uint8_batches,
     kid_from_folders,
-    list_images,
-    load_image,
-    to_uint8,
 )
 
 N_IMAGES = 10
@@ -60,15 +60,15 @@ def test_list_images_recursive_sorted_and_modes(tmp_path):
     _write(tmp_path / "a", imgs[2:3], ext=".jpg")
     Image.fromarray(imgs[3, 0].numpy(), mode="L").save(tmp_path / "gray.bmp")  # greyscale -> RGB
     (tmp_path / "notes.txt").write_text("not an image")
-    files = list_images(tmp_path)
+    files = image_files(tmp_path)
     rel = [f.relative_to(tmp_path).as_posix() for f in files]
     assert rel == ["a/0000.jpg", "b/0000.png", "b/0001.png", "gray.bmp"]
     feats = folder_features(tmp_path, CountingExtractor(), cache=False, progress=False, batch_size=3)
     assert feats.shape[0] == 4 and feats.dtype == np.float64
-    subset = list_images(tmp_path, num=2, seed=0)
+    subset = image_files(tmp_path, num=2, seed=0)
     assert len(subset) == 2 and subset == sorted(subset, key=lambda p: p.relative_to(tmp_path).as_posix())
     with pytest.raises(DataError, match="fewer"):
-        list_images(tmp_path, num=5)
+        image_files(tmp_path, num=5)
 
 
 def test_evaluation_reads_folders_as_training_does(tmp_path):
@@ -79,8 +79,8 @@ def test_evaluation_reads_folders_as_training_does(tmp_path):
     rgba[:4, :, 3] = 255                         # top half opaque red, bottom half transparent
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / ".hidden.png")
-    assert [p.name for p in list_images(tmp_path)] == ["a.png"]
-    img = load_image(tmp_path / "a.png")
+    assert [p.name for p in image_files(tmp_path)] == ["a.png"]
+    img = image_tensor(tmp_path / "a.png")
     assert img.shape == (3, 8, 8)
     assert img[:, :4].tolist() == [[[200] * 8] * 4, [[0] * 8] * 4, [[0] * 8] * 4]
     assert (img[:, 4:] == 255).all()             # transparent pixels are white, not black
@@ -139,15 +139,15 @@ def test_folder_and_batch_paths_agree(tmp_path):
     from_folder = folder_features(tmp_path, ex, cache=False, progress=False)
     from_batches = features_from_batches(iter_uint8_batches(imgs, 4), ex)
     np.testing.assert_allclose(from_folder, from_batches)
-    with pytest.raises(ValueError, match="to_uint8"):
+    with pytest.raises(ValueError, match="uint8_tensor"):
         features_from_batches([imgs.float()], ex)
     with pytest.raises(DataError):
         features_from_batches([], ex)
 
 
-def test_to_uint8():
+def test_uint8_tensor():
     x = torch.tensor([-1.5, -1.0, 0.0, 1.0, 2.0])
-    assert to_uint8(x).tolist() == [0, 0, 128, 255, 255]
+    assert uint8_tensor(x).tolist() == [0, 0, 128, 255, 255]
 
 
 def test_fid_kid_folders_with_custom_extractor(tmp_path):

@@ -355,6 +355,14 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 # ------------------------------------------------------------------------------------------
 
 
+def uint8_tensor(x: torch.Tensor) -> torch.Tensor:
+    """Float images in ``[-1, 1]`` (any shape, any device) -> ``uint8`` of the same shape and
+    layout, on the same device, rounded as :func:`to_uint8` (half up; NaN -> 128): the project's
+    file boundary, used where the pixels go on to a network (FID) rather than a file."""
+    x = torch.nan_to_num(x.detach().float(), nan=0.0, posinf=1.0, neginf=-1.0)
+    return torch.floor((x.clamp(-1.0, 1.0) + 1.0) * 127.5 + 0.5).to(torch.uint8)
+
+
 def to_uint8(x: ArrayLike) -> np.ndarray:
     """Map a channels-first image or batch in ``[-1, 1]`` to channels-last ``uint8``.
 

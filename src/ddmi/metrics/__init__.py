@@ -15,7 +15,6 @@ from ddmi.metrics.fid import (
     fid_from_folders,
     folder_features,
     kid_from_folders,
-    to_uint8,
 )
 from ddmi.metrics.frechet import feature_stats, frechet_distance, kid
 from ddmi.metrics.fvd import InceptionI3d, fvd_from_videos, i3d_embeddings, load_i3d, preprocess_videos
@@ -45,5 +44,4 @@ __all__ = [
     "preprocess_videos",
     "psnr",
     "ssim",
-    "to_uint8",
 ]

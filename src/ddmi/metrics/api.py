@@ -34,10 +34,10 @@ def available_metrics() -> dict[str, str]:
 
 
 def _paired_images(gen_dir: Path, ref_dir: Path, num: int | None):
-    from ddmi.metrics.fid import list_images
+    from ddmi.metrics.fid import image_files
 
     def by_stem(root):
-        return {p.relative_to(root).with_suffix("").as_posix(): p for p in list_images(root)}
+        return {p.relative_to(root).with_suffix("").as_posix(): p for p in image_files(root)}
 
     gen, ref = by_stem(gen_dir), by_stem(ref_dir)
     common = sorted(gen.keys() & ref.keys())
@@ -49,12 +49,12 @@ def _paired_images(gen_dir: Path, ref_dir: Path, num: int | None):
 
 
 def _psnr_ssim(gen_dir, ref_dir, num, want_psnr, want_ssim):
-    from ddmi.metrics.fid import load_image
+    from ddmi.metrics.fid import image_tensor
     from ddmi.metrics.image_quality import psnr, ssim
 
     psnrs, ssims = [], []
     for g, r in _paired_images(gen_dir, ref_dir, num):
-        a, b = load_image(g), load_image(r)
+        a, b = image_tensor(g), image_tensor(r)
         if a.shape != b.shape:
             raise DataError(f"{g} is {tuple(a.shape[1:])} but its reference {r} is {tuple(b.shape[1:])}")
         a = a[None].float() / 127.5 - 1

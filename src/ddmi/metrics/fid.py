@@ -19,9 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddmi.data.images import IMAGE_EXTENSIONS
-from ddmi.data.images import list_images as _list_training_images
-from ddmi.data.images import load_image as _load_training_image
+from ddmi.data.images import IMAGE_EXTENSIONS, list_images, load_image
 from ddmi.data.npz import load_npz
 from ddmi.errors import DataError
 from ddmi.files import atomic_write
@@ -35,9 +33,8 @@ __all__ = [
     "fid_from_folders",
     "folder_features",
     "kid_from_folders",
-    "list_images",
-    "load_image",
-    "to_uint8",
+    "image_files",
+    "image_tensor",
 ]
 
 _CACHE_FORMAT = 2  # 2: images decoded by the training loader (EXIF, alpha on white)
@@ -53,15 +50,13 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "ddmi" / "fid"
 
 
-def list_images(folder: str | os.PathLike, *, num: int | None = None, seed: int = 0) -> list[Path]:
-    """Image files under ``folder``, found and ordered exactly as training finds them
-    (:func:`ddmi.data.images.list_images`: recursive, sorted by relative path, hidden files skipped).
-
-    With ``num``, a seeded random subset of ``num`` files (returned in sorted order) is used, so
-    that a class-sorted folder (AFHQ: cats, then dogs) is not truncated to one class.
-    """
+def image_files(folder: str | os.PathLike, *, num: int | None = None, seed: int = 0) -> list[Path]:
+    """The image files of ``folder`` a metric uses: found and ordered exactly as training finds
+    them (:func:`ddmi.data.images.list_images`: recursive, sorted by relative path, hidden files
+    skipped), or, with ``num``, a seeded random subset of ``num`` of them (in sorted order), so
+    that a class-sorted folder (AFHQ: cats, then dogs) is not truncated to one class."""
     root = Path(folder).expanduser()
-    files = _list_training_images(root)
+    files = list_images(root)
     if num is not None:
         if num < 1:
             raise ValueError(f"num must be positive, got {num}")
@@ -73,16 +68,10 @@ def list_images(folder: str | os.PathLike, *, num: int | None = None, seed: int 
     return files
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
+def image_tensor(path: str | os.PathLike) -> torch.Tensor:
     """An image file as RGB uint8 ``(3, H, W)``, decoded exactly as for training
-    (:func:`ddmi.data.images.load_image`: EXIF orientation, transparency on white); DataError
-    naming the file if unreadable."""
-    return torch.from_numpy(_load_training_image(path)).permute(2, 0, 1)
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """float images in [-1, 1] (any shape) -> uint8 [0, 255], rounded (the project's file boundary)."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    (:func:`ddmi.data.images.load_image`); DataError naming the file if unreadable."""
+    return torch.from_numpy(load_image(path)).permute(2, 0, 1)
 
 
 def _extract_mixed_sizes(images: list[torch.Tensor], extractor: Extractor) -> np.ndarray:
@@ -122,13 +111,13 @@ def folder_features(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> np.ndarray:
-    """Features (N, D) float64 of every image under ``folder`` (see :func:`list_images`).
+    """Features (N, D) float64 of every image under ``folder`` (see :func:`image_files`).
 
     With ``cache`` and an extractor that has a ``cache_key``, features are stored as float32 in
     ``cache_dir`` (default :func:`default_cache_dir`), about 8 KB per image for Inception.
     """
     root = Path(folder).expanduser()
-    files = list_images(root, num=num, seed=seed)
+    files = image_files(root, num=num, seed=seed)
     use_cache = cache and getattr(extractor, "cache_key", None) is not None
     path = None
     if use_cache:
@@ -148,7 +137,7 @@ def folder_features(
         batches = tqdm(batches, desc=f"features {root.name or root}", unit="batch", file=sys.stderr)
     chunks = []
     for start in batches:
-        images = [load_image(p) for p in files[start : start + batch_size]]
+        images = [image_tensor(p) for p in files[start : start + batch_size]]
         chunks.append(_extract_mixed_sizes(images, extractor))
     feats = np.concatenate(chunks, axis=0).astype(np.float64)
 
@@ -167,13 +156,13 @@ def _atomic_savez(path: Path, **arrays) -> None:
 def features_from_batches(batches: Iterable[torch.Tensor], extractor: Extractor) -> np.ndarray:
     """Features (N, D) float64 of in-memory uint8 (B, 3, H, W) batches (e.g. from a sampler).
 
-    Convert model outputs in [-1, 1] with :func:`to_uint8` first, so that generated images are
+    Convert model outputs in [-1, 1] with :func:`ddmi.data.images.uint8_tensor` first, so that generated images are
     quantised exactly as if they had been written to PNG and read back.
     """
     chunks = []
     for batch in batches:
         if not isinstance(batch, torch.Tensor) or batch.dtype != torch.uint8:
-            raise ValueError("features_from_batches expects uint8 tensors; convert with ddmi.metrics.to_uint8")
+            raise ValueError("features_from_batches expects uint8 tensors; convert with ddmi.data.images.uint8_tensor")
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected batches of shape (B, 3, H, W), got {tuple(batch.shape)}")
         if batch.shape[0]:

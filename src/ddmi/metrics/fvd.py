@@ -280,7 +280,7 @@ def folder_video_embeddings(
 ) -> np.ndarray:
     """FVD embeddings (N, 400) of the clips of a folder (see :func:`list_video_clips`); with
     ``num``, a seeded random subset of ``num`` clips."""
-    from ddmi.metrics.fid import load_image
+    from ddmi.metrics.fid import image_tensor
 
     clips = list_video_clips(folder, num_frames=num_frames)
     if num is not None:
@@ -299,7 +299,7 @@ def folder_video_embeddings(
     for start in starts:
         videos = []
         for frames in clips[start : start + batch_size]:
-            video = [load_image(p) for p in frames]
+            video = [image_tensor(p) for p in frames]
             shapes = {tuple(f.shape) for f in video}
             if len(shapes) > 1:
                 raise DataError(f"frames of clip {frames[0].parent} have different sizes: {sorted(shapes)}")

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddmi.data.images import resize
+from ddmi.data.images import resize, uint8_tensor
 from ddmi.data.npz import load_npz
 from ddmi.errors import DataError
 from ddmi.files import atomic_write
-from ddmi.metrics.fid import to_uint8
 
 
 def seeded_subset(n: int, num: int | None, seed: int) -> np.ndarray:
@@ -31,7 +30,7 @@ def images_uint8(dataset, *, num: int | None, resolution: int, seed: int, batch_
     idx = seeded_subset(n, num, seed)
     for start in range(0, len(idx), batch_size):
         x = torch.stack([dataset[int(i)] for i in idx[start:start + batch_size]])
-        yield to_uint8(resize(x, resolution)), idx[start:start + batch_size]
+        yield uint8_tensor(resize(x, resolution)), idx[start:start + batch_size]
 
 
 def reference_features(cfg, folder: str, resolution: int, num, seed, extractor, cache_dir: Path, log):

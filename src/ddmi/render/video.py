@@ -29,7 +29,7 @@ def clip_to_uint8(clip) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(1, 2, 3, 0))
 
 
-def write_gif(clip, path, *, fps: int = 8) -> Path:
+def write_gif(clip, path, *, fps: float = 8) -> Path:
     """An endlessly looping animated GIF."""
     from PIL import Image
     frames = clip_to_uint8(clip)

@@ -18,7 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ddmi.data.images import ImageFolderDataset, save_image
-from ddmi.metrics.fid import features_from_batches, fid_from_features, to_uint8
+from ddmi.data.images import uint8_tensor
+from ddmi.metrics.fid import features_from_batches, fid_from_features
 from ddmi.metrics.frechet import kid
 from ddmi.metrics.image_quality import psnr, ssim
 from ddmi.metrics.image_sets import images_uint8, reference_features
@@ -43,7 +44,7 @@ def evaluate_run(run_dir: Path, cfg, stage: str, ae, generate, *, metrics, num, 
         feats = []   # features per batch: the images themselves are not kept (10k at 256^2 = 2 GB)
         with torch.inference_mode():
             for i, z in batches:
-                imgs = to_uint8(ae.render(z, res))                  # on the device, as the extractor
+                imgs = uint8_tensor(ae.render(z, res))                  # on the device, as the extractor
                 for j, img in enumerate(imgs.cpu()):
                     save_image(img.permute(1, 2, 0).numpy(), out / f"{i + j:05d}.png")
                 feats.append((i, features_from_batches([imgs], extractor)))
@@ -67,7 +68,7 @@ def evaluate_run(run_dir: Path, cfg, stage: str, ae, generate, *, metrics, num, 
             for real, _ in tqdm(batches, desc="reconstructing", disable=None):
                 real = real.to(shard.device)
                 x = real.float() / 127.5 - 1.0
-                rec = to_uint8(ae.render(ae.encode(x).mode(), res))
+                rec = uint8_tensor(ae.render(ae.encode(x).mode(), res))
                 recf = rec.float() / 127.5 - 1.0
                 psnrs.append(psnr(recf, x))
                 ssims.append(ssim(recf, x))

@@ -9,7 +9,6 @@ and ``nerf.turntable_elevation`` degrees.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -18,8 +17,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from ddmi.data.images import to_uint8 as pixels_uint8
 from ddmi.errors import DataError, DDMIError
+from ddmi.render.video import write_gif
 from ddmi.render.volume import SRN_FOV, focal_from_fov, render_views, turntable_poses
+
+TURNTABLE_FPS = 12.5           # 80 ms per frame
 
 
 def render_latents(ae, z: torch.Tensor, poses: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -38,22 +41,8 @@ def turntable(ae, n: int | None = None) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """``(..., 3, H, W)`` in [0, 1] -> ``(..., H, W, 3)`` uint8."""
-    x = images.detach().float().clamp(0, 1).mul(255).add(0.5).floor().to(torch.uint8).cpu().numpy()
-    return np.ascontiguousarray(np.moveaxis(x, -3, -1))
-
-
-def write_gif(path: Path, frames: np.ndarray, *, duration_ms: int = 80) -> Path:
-    """An endlessly looping animated GIF of ``frames (N, H, W, 3)`` uint8, written atomically."""
-    from PIL import Image
-
-    from ddmi.files import atomic_write_bytes
-    imgs = [Image.fromarray(f) for f in frames]
-    buf = io.BytesIO()
-    imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=duration_ms, loop=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    """``(..., 3, H, W)`` renders in [0, 1] -> ``(..., H, W, 3)`` uint8 (:func:`ddmi.data.images.to_uint8`)."""
+    return pixels_uint8(images.detach().float() * 2 - 1)
 
 
 def sheet(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
@@ -167,7 +156,7 @@ def write_samples(args, ae, batches, count: int, shard, log) -> str:
                 frames = to_uint8(render_latents(ae, z[k0:k0 + 1], poses, r)[0])
                 for k, f in enumerate(frames):
                     write_png(out / stems[r][i] / f"frame_{k:03d}.png", f)
-                write_gif(out / f"{stems[r][i]}.gif", frames)
+                write_gif(frames, out / f"{stems[r][i]}.gif", fps=TURNTABLE_FPS)
                 row = frames[np.linspace(0, len(frames) - 1, min(8, len(frames)), endpoint=False).astype(int)] \
                     if len(frames) > 8 else frames
                 rows[r].append((i, row))
