@@ -116,7 +116,7 @@ def test_writers(tmp_path):
     assert gif.n_frames == 5 and gif.size == (11, 9)
     assert len(write_frames(clip, tmp_path / "frames")) == 5
     sheet = Image.open(contact_sheet(torch.stack([clip, clip]), tmp_path / "s.png"))
-    assert sheet.size == (5 * 13 + 2, 2 * 11 + 2)
+    assert sheet.size == (5 * 13 + 2, 2 * (9 + 2 + 2) + 6)     # one block per clip, a 6-pixel gap between
     av = pytest.importorskip("av")
     from ddmi.render.video import write_mp4
     path = write_mp4(clip, tmp_path / "a.mp4")

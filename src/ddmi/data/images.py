@@ -43,6 +43,7 @@ __all__ = [
     "ImageFolderDataset",
     "to_uint8",
     "make_grid",
+    "tile",
     "save_image",
     "save_grid",
 ]
@@ -413,48 +414,76 @@ def save_image(image: ArrayLike, path: PathLike) -> Path:
     return _atomic_save(Image.fromarray(arr), path)  # uint8: L, RGB or RGBA from the shape
 
 
+def tile(tiles: np.ndarray | Sequence[np.ndarray], *, ncol: int | None = None, padding: int = 2,
+         pad_value: int = 0, row_labels: Sequence[str] | None = None,
+         col_labels: Sequence[str] | None = None) -> np.ndarray:
+    """Lay ``uint8`` tiles ``(N, h, w, 3)`` out in a grid, row-major, ``ncol`` per row (default
+    ``ceil(sqrt(N))``), with ``padding`` pixels of ``pad_value`` around and between them; the one
+    tiler of every grid and contact sheet. ``row_labels`` / ``col_labels`` add captions on the
+    left / on top (white text on the padding colour)."""
+    tiles = np.stack(list(tiles)) if not isinstance(tiles, np.ndarray) else tiles
+    if tiles.ndim != 4 or tiles.shape[0] == 0:
+        raise ValueError(f"tile expects a non-empty (N, h, w, C) stack, got shape {tuple(tiles.shape)}")
+    if tiles.shape[-1] == 1:
+        tiles = np.repeat(tiles, 3, axis=-1)
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    n, h, w, c = tiles.shape
+    ncol = max(1, min(int(ncol) if ncol else math.ceil(math.sqrt(n)), n))
+    nrows = math.ceil(n / ncol)
+    grid = np.full((nrows * (h + padding) + padding, ncol * (w + padding) + padding, c), pad_value, np.uint8)
+    for k in range(n):
+        r, col = divmod(k, ncol)
+        y, x = padding + r * (h + padding), padding + col * (w + padding)
+        grid[y:y + h, x:x + w] = tiles[k]
+    if row_labels or col_labels:
+        grid = _caption(grid, h, w, padding, pad_value, list(row_labels or []), list(col_labels or []))
+    return grid
+
+
+def _caption(grid: np.ndarray, h: int, w: int, padding: int, pad_value: int, rows: list[str],
+             cols: list[str]) -> np.ndarray:
+    from PIL import ImageDraw, ImageFont
+    font = ImageFont.load_default()
+    size = lambda text: font.getbbox(text)[2:]          # noqa: E731 - (width, height) of a label
+    left = max((size(t)[0] for t in rows), default=-6) + 6
+    top = max((size(t)[1] for t in cols), default=-6) + 6
+    canvas = Image.new("RGB", (grid.shape[1] + left, grid.shape[0] + top), (pad_value,) * 3)
+    canvas.paste(Image.fromarray(grid[..., :3]), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    ink = (255, 255, 255) if pad_value < 128 else (0, 0, 0)
+    for r, text in enumerate(rows):
+        draw.text((3, top + padding + r * (h + padding) + (h - size(text)[1]) // 2), text, fill=ink, font=font)
+    for col, text in enumerate(cols):
+        draw.text((left + padding + col * (w + padding) + (w - size(text)[0]) // 2, 3), text, fill=ink, font=font)
+    return np.asarray(canvas)
+
+
 def make_grid(
     images: Union[ArrayLike, Sequence[ArrayLike]],
     *,
     nrow: int | None = None,
     padding: int = 2,
     pad_value: int = 0,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Tile ``(N, 3, H, W)`` images in ``[-1, 1]`` into one ``uint8`` ``(H', W', 3)`` array.
 
     ``nrow`` is the number of images per row (default: ``ceil(sqrt(N))``, a near-square grid);
-    ``padding`` pixels of ``pad_value`` separate the tiles and surround the grid.
+    ``padding`` pixels of ``pad_value`` separate the tiles and surround the grid (:func:`tile`).
     """
     if isinstance(images, (list, tuple)):
         if not images:
             raise ValueError("make_grid needs at least one image")
-        images = np.stack([to_uint8(i) for i in images])  # each (C, H, W) -> (H, W, C)
-        tiles = images
+        tiles = np.stack([to_uint8(i) for i in images])  # each (C, H, W) -> (H, W, C)
     else:
         if images.ndim != 4 or images.shape[0] == 0:
             raise ValueError(
                 f"make_grid expects a non-empty (N, C, H, W) batch, got shape {tuple(images.shape)}"
             )
         tiles = to_uint8(images)
-    if tiles.shape[-1] == 1:
-        tiles = np.repeat(tiles, 3, axis=-1)
-    n, h, w, c = tiles.shape
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
-    ncol = int(nrow) if nrow else math.ceil(math.sqrt(n))
-    ncol = max(1, min(ncol, n))
-    nrows = math.ceil(n / ncol)
-    grid = np.full(
-        (nrows * (h + padding) + padding, ncol * (w + padding) + padding, c),
-        pad_value,
-        dtype=np.uint8,
-    )
-    for i in range(n):
-        r, col = divmod(i, ncol)
-        y = padding + r * (h + padding)
-        x = padding + col * (w + padding)
-        grid[y : y + h, x : x + w] = tiles[i]
-    return grid
+    return tile(tiles, ncol=nrow, padding=padding, pad_value=pad_value, row_labels=row_labels, col_labels=col_labels)
 
 
 def save_grid(
@@ -464,12 +493,15 @@ def save_grid(
     nrow: int | None = None,
     padding: int = 2,
     pad_value: int = 0,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
 ) -> Path:
     """Write ``(N, 3, H, W)`` images in ``[-1, 1]`` as one grid image, atomically.
 
     See :func:`make_grid` for the layout and :func:`save_image` for the file.
     """
-    return save_image(make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value), path)
+    return save_image(make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value, row_labels=row_labels,
+                                col_labels=col_labels), path)
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ddmi.data.images import tile
 from ddmi.errors import MissingDependencyError
+from ddmi.files import atomic_write_bytes
 
 
 def marching_cubes(volume: np.ndarray, level: float, *, lo: float = -0.5, hi: float = 0.5
@@ -93,14 +95,6 @@ def sample_mesh_surface(verts: np.ndarray, faces: np.ndarray, n: int, rng: np.ra
 # writers (atomic)
 
 
-def _atomic(path: Path, data: bytes) -> Path:
-    from ddmi.files import atomic_write_bytes
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data)
-    return path
-
-
 def write_ply(path, verts: np.ndarray, faces: np.ndarray) -> Path:
     """Binary little-endian PLY: float32 vertices, int32 triangle faces."""
     header = (f"ply\nformat binary_little_endian 1.0\ncomment written by ddmi\n"
@@ -109,7 +103,7 @@ def write_ply(path, verts: np.ndarray, faces: np.ndarray) -> Path:
     face_rec = np.zeros(len(faces), dtype=[("n", "u1"), ("idx", "<i4", (3,))])
     face_rec["n"], face_rec["idx"] = 3, faces
     body = np.asarray(verts, "<f4").tobytes() + face_rec.tobytes()
-    return _atomic(path, header.encode() + body)
+    return atomic_write_bytes(path, header.encode() + body)
 
 
 def write_obj(path, verts: np.ndarray, faces: np.ndarray) -> Path:
@@ -119,7 +113,7 @@ def write_obj(path, verts: np.ndarray, faces: np.ndarray) -> Path:
     np.savetxt(buf, verts, fmt="v %.6f %.6f %.6f")
     if len(faces):
         np.savetxt(buf, faces + 1, fmt="f %d %d %d")
-    return _atomic(path, buf.getvalue().encode())
+    return atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def read_ply(path) -> tuple[np.ndarray, np.ndarray]:
@@ -183,22 +177,11 @@ def render_mesh(verts: np.ndarray, faces: np.ndarray, *, size: int = 256, elev: 
     return (img * 255 + 0.5).astype(np.uint8)
 
 
-def contact_sheet(tiles: list[np.ndarray], *, ncol: int, pad: int = 2) -> np.ndarray:
-    """Lay ``(h, w, 3)`` uint8 tiles out in a grid (row-major) with white padding."""
-    h, w = tiles[0].shape[:2]
-    nrow = math.ceil(len(tiles) / ncol)
-    sheet = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, np.uint8)
-    for i, t in enumerate(tiles):
-        r, c = divmod(i, ncol)
-        sheet[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = t
-    return sheet
-
-
 def write_png(path, image: np.ndarray) -> Path:
     from PIL import Image
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
-    return _atomic(path, buf.getvalue())
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 PREVIEW_VIEWS = ((25.0, 35.0), (25.0, 125.0), (60.0, 215.0))
@@ -207,5 +190,5 @@ PREVIEW_VIEWS = ((25.0, 35.0), (25.0, 125.0), (60.0, 215.0))
 def preview(verts: np.ndarray, faces: np.ndarray, *, size: int = 192, extent: float = 0.55,
             views=PREVIEW_VIEWS) -> np.ndarray:
     """Several views of one mesh side by side."""
-    return contact_sheet([render_mesh(verts, faces, size=size, elev=e, azim=a, extent=extent) for e, a in views],
-                         ncol=len(views))
+    return tile([render_mesh(verts, faces, size=size, elev=e, azim=a, extent=extent) for e, a in views],
+                ncol=len(views), pad_value=255)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddmi.data.images import save_grid, save_image
+from ddmi.data.images import save_image, tile
 from ddmi.errors import MissingDependencyError
 from ddmi.files import atomic_output, atomic_write
 
@@ -71,11 +71,22 @@ def write_frames(clip, folder) -> list[Path]:
     return [save_image(f, Path(folder) / f"frame{i:05d}.png") for i, f in enumerate(frames)]
 
 
-def contact_sheet(clips: torch.Tensor, path, *, max_frames: int | None = None) -> Path:
-    """One row per clip of ``clips (B, 3, T, H, W)``, one column per frame (every frame, or
-    ``max_frames`` evenly spaced ones)."""
-    b, c, t = clips.shape[:3]
+SHEET_COLUMNS = 8     # frames per row of a contact sheet; longer clips wrap onto more rows
+
+
+def contact_sheet(clips: torch.Tensor, path, *, max_frames: int | None = None,
+                  columns: int = SHEET_COLUMNS) -> Path:
+    """Every clip of ``clips (B, 3, T, H, W)`` as a block of its frames (all of them, or
+    ``max_frames`` evenly spaced ones), ``columns`` frames per row (a 32-frame clip wraps onto 4
+    rows instead of one very wide one); blocks are stacked top to bottom, separated by a gap,
+    each row labelled with the index of its first frame."""
+    b, t = clips.shape[0], clips.shape[2]
     idx = torch.arange(t) if not max_frames or t <= max_frames else \
         torch.linspace(0, t - 1, max_frames).round().long()
-    tiles = clips[:, :, idx].permute(0, 2, 1, 3, 4).reshape(b * len(idx), c, *clips.shape[-2:])
-    return save_grid(tiles.float().cpu(), path, nrow=len(idx))
+    cols = min(columns, len(idx))
+    labels = [f"t={int(idx[k])}" for k in range(0, len(idx), cols)] if len(idx) > cols else None
+    frames = clip_to_uint8(torch.cat(list(clips[:, :, idx].float().cpu()), dim=1))   # (B * T', H, W, 3)
+    blocks = [tile(frames[k * len(idx):(k + 1) * len(idx)], ncol=cols, row_labels=labels) for k in range(b)]
+    gap = np.zeros((6, blocks[0].shape[1], 3), np.uint8)
+    sheet = np.concatenate([part for block in blocks for part in (block, gap)][:-1])
+    return save_image(sheet, path)

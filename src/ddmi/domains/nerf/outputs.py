@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from ddmi.data.images import tile
 from ddmi.data.images import to_uint8 as pixels_uint8
 from ddmi.errors import DataError, DDMIError
 from ddmi.render.video import write_gif
@@ -47,12 +48,11 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def sheet(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
     """Rows of ``(N, H, W, 3)`` uint8 tiles -> one white-padded contact sheet."""
-    from ddmi.render.mesh import contact_sheet
     ncol = max(len(r) for r in rows)
     tiles = []
     for r in rows:
         tiles += list(r) + [np.full_like(r[0], 255)] * (ncol - len(r))
-    return contact_sheet(tiles, ncol=ncol, pad=pad)
+    return tile(tiles, ncol=ncol, padding=pad, pad_value=255)
 
 
 def nerf_dataset(cfg: DictConfig, split: str = "train", *, num_rays: int | None = None, root=None):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddmi.data.images import tile
 from ddmi.errors import ConfigError, DataError
 from ddmi.fields import Field, pixel_centers
 from ddmi.render import mesh as meshio
@@ -73,7 +74,7 @@ def write_mesh_files(meshes: list[Mesh], out: Path, stems: list[str], *, preview
 
 def write_grid(tiles: list[np.ndarray], path: Path) -> Path:
     """One contact sheet of the tiles of :func:`write_mesh_files` (at most 4 per row)."""
-    return meshio.write_png(path, meshio.contact_sheet(tiles, ncol=min(len(tiles), 4)))
+    return meshio.write_png(path, tile(tiles, ncol=min(len(tiles), 4), pad_value=255))
 
 
 def write_meshes(meshes: list[Mesh], out: Path, stems: list[str], *, preview_size: int = 192,
@@ -87,7 +88,7 @@ def write_meshes(meshes: list[Mesh], out: Path, stems: list[str], *, preview_siz
 
 def preview_sheet(meshes: list[Mesh], *, size: int = 128, half_extent: float = 0.55, ncol: int = 8) -> np.ndarray:
     tiles = [meshio.render_mesh(v, f, size=size, extent=half_extent) for v, f in meshes]
-    return meshio.contact_sheet(tiles, ncol=min(ncol, len(tiles)))
+    return tile(tiles, ncol=min(ncol, len(tiles)), pad_value=255)
 
 
 # ------------------------------------------------------------------------------------------
