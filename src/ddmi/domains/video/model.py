@@ -23,7 +23,6 @@ Conventions (the video domain; written down once here and in ``docs/video.md``):
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -32,9 +31,8 @@ from torch import nn
 from ddmi.fields import Field, sample_plane
 from ddmi.nn.pointnet import ResnetBlockFC
 from ddmi.nn.spectral import SpectralRegularizer
-from ddmi.vae.spacetime import PLANES, VideoVAE, VideoVAESpec
 from ddmi.vae.posterior import DiagonalGaussian
-
+from ddmi.vae.spacetime import PLANES, VideoVAE, VideoVAESpec
 
 
 def video_spec(cfg: DictConfig) -> VideoVAESpec:
@@ -125,7 +123,8 @@ def grid_points(coords_xy: torch.Tensor, coords_xt: torch.Tensor, coords_yt: tor
     x, y = coords_xy[0, 0], coords_xy[0, 1]                        # (H, W)
     t = coords_xt[0, 0]                                             # (T, W)
     frames, (h, w) = t.shape[0], x.shape
-    if not (torch.equal(coords_xt[0, 1], x[:1].expand(frames, w)) and torch.equal(coords_yt[0, 0][:, :1].expand(-1, w), t)
+    if not (torch.equal(coords_xt[0, 1], x[:1].expand(frames, w))
+            and torch.equal(coords_yt[0, 0][:, :1].expand(-1, w), t)
             and torch.equal(coords_yt[0, 1], y[:, 0][None].expand(frames, h))
             and torch.equal(x, x[:1].expand(h, w)) and torch.equal(y, y[:, :1].expand(h, w))
             and torch.equal(t, t[:, :1].expand(frames, w))):

@@ -60,16 +60,16 @@ def _indices(state: dict, pattern: str) -> list[int]:
 
 
 def official_get(official: dict | None, section: str, key: str, default=None):
-    """``official[section][key]`` (also under a ``model`` entry, the official YAML's nesting), else
-    ``default``."""
+    """``official[section][key]`` (``section`` ``""``: a top-level key), looked up at the top of the
+    official dict and under its ``model``, ``data`` and ``data_config`` entries (the YAML's and
+    ``main.py``'s nestings); ``default`` when absent."""
     if not official:
         return default
-    for scope in (official, official.get("model") or {}):
-        sec = scope.get(section) if isinstance(scope, dict) else None
+    scopes = [official] + [official[k] for k in ("model", "data", "data_config") if isinstance(official.get(k), dict)]
+    for scope in scopes:
+        sec = scope if section == "" else scope.get(section)
         if isinstance(sec, dict) and key in sec:
             return sec[key]
-    if section == "" and key in official:
-        return official[key]
     return default
 
 
@@ -115,8 +115,12 @@ def official_sizes(vaemodel: dict, mlp: dict) -> dict:
 
 
 def _check(name: str, inferred, official: dict | None, section: str, key: str) -> None:
+    """A value of ``official`` (if there) must be the one the shapes give (resolution lists: as sets)."""
     value = official_get(official, section, key)
-    if value is not None and (list(value) if isinstance(value, (list, tuple)) else value) != inferred:
+    if isinstance(value, (list, tuple)):
+        value = sorted(value) if key.endswith("resolutions") else list(value)
+        inferred = sorted(inferred) if key.endswith("resolutions") else inferred
+    if value is not None and value != inferred:
         raise CheckpointError(f"official {section}.{key} = {value} but the checkpoint's shapes give {inferred}")
 
 
@@ -178,8 +182,9 @@ def _rotary_buffers_ok(vaemodel: dict, head_dim: int) -> bool:
         return inv.shape == (head_dim // 2,) and scales.shape == (head_dim // 4,)
     want_inv = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
     want_scales = torch.logspace(0.0, math.log(5.0) / math.log(2), head_dim // 4, base=2)
-    return (inv.shape == want_inv.shape and torch.allclose(inv.float().cpu(), want_inv, rtol=1e-6, atol=0)
-            and scales.shape == want_scales.shape and torch.allclose(scales.float().cpu(), want_scales, rtol=1e-6, atol=0))
+    same = [a.shape == b.shape and torch.allclose(a.float().cpu(), b, rtol=1e-6, atol=0)
+            for a, b in ((inv, want_inv), (scales, want_scales))]
+    return all(same)
 
 
 def _squeeze1d(t: torch.Tensor) -> torch.Tensor:
