@@ -18,6 +18,7 @@ from official_fixtures import (
 from ddmi import domains
 from ddmi.config import load_config
 from ddmi.domains.video.model import grid_points
+from ddmi.errors import CheckpointError
 from ddmi.vae.spacetime import PLANES
 
 pytestmark = pytest.mark.official
@@ -147,3 +148,18 @@ def test_paper_manifest_maps_onto_the_preset(official_root, manifest, preset):  
     assert sorted(set(want) - set(got)) == [] and sorted(set(got) - set(want)) == []
     assert {k for k in want if want[k] != got[k]} == set()
     assert len(state) - sum(k.startswith("spectral.") for k in state) == sum(len(s) for s in sections.values()) - 2
+
+
+def test_unplaced_keys_and_contradicting_official_values_are_reported(video):
+    folder, config, _, _, _ = video
+    ck = torch.load(folder / "model-last.pt", map_location="cpu", weights_only=True)
+    domain = domains.get("video")
+    vaemodel = dict(ck["vaemodel"], **{"decoder.up.0.inter_attn.1.q.weight": torch.zeros(1)})
+    sections = {"vaemodel": vaemodel, "mlp": ck["mlp"]}
+    cfg = load_config("video-tiny", domain.official_config(sections, load_config("video-tiny"), config["config"]))
+    _, unused = domain.official_autoencoder_state(sections, cfg)
+    assert unused == ["vaemodel.decoder.up.0.inter_attn.1.q.weight"]
+    wrong = json.loads(json.dumps(config["config"]))
+    wrong["ddconfig"]["out_ch"] += 1
+    with pytest.raises(CheckpointError, match="out_ch"):
+        domain.official_config(sections, load_config("video-tiny"), wrong)
