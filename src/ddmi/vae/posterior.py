@@ -9,7 +9,7 @@ class DiagonalGaussian:
     """A diagonal Gaussian whose parameters are the two channel halves of one tensor.
 
     ``params``: ``(B, 2*C, ...)``; the first half is the mean, the second the log-variance,
-    clamped to [-30, 20].
+    clamped to [-30, 20]. ``params`` is kept as given (raw, unclamped log-variance).
     """
 
     def __init__(self, params: torch.Tensor):
@@ -18,12 +18,13 @@ class DiagonalGaussian:
         self.logvar = logvar.clamp(-30.0, 20.0)
         self.std = torch.exp(0.5 * self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """``mean + std * noise``; ``noise`` (shaped like the mean) is drawn from ``generator``
-        unless given."""
-        if noise is None:
-            noise = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype,
-                                device="cpu" if generator is None else generator.device)
+    def sample(self, generator: torch.Generator | None = None, *, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``mean + std * noise``; ``noise`` (N(0, 1), the mean's shape) is drawn from ``generator``
+        (the global RNG when None) unless given."""
+        if noise is not None:
+            return self.mean + self.std * noise.to(self.mean)
+        noise = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype,
+                            device="cpu" if generator is None else generator.device)
         return self.mean + self.std * noise.to(self.mean.device)
 
     def mode(self) -> torch.Tensor:

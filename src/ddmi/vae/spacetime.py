@@ -42,6 +42,11 @@ class VideoVAESpec:
     cross_heads: int = 8
     cross_expand: bool = True
     dropout: float = 0.0
+    # official-compatibility switches (config section ``video``; ddmi.domains.video.official)
+    official_rotary: bool = False
+    collapse_readout: str = "token"
+    collapse_norm: bool = True
+    latent_order: tuple[str, ...] = PLANES
 
     @property
     def patch(self) -> int:
@@ -59,6 +64,20 @@ class VideoVAESpec:
     @property
     def plane_resolutions(self) -> list[int]:
         return sorted(self.hdbpe_resolutions) + [self.resolution]
+
+    def latent_shapes(self) -> list[tuple[int, int]]:
+        """``(rows, cols)`` of the planes in the latent's token order ``latent_order``."""
+        shapes = dict(zip(PLANES, self.plane_shapes()))
+        return [shapes[n] for n in self.latent_order]
+
+    def to_latent(self, planes: list[torch.Tensor]) -> torch.Tensor:
+        """Planes in :data:`PLANES` order -> tokens ``(B, C, N)`` in ``latent_order``."""
+        return flatten_planes([planes[PLANES.index(n)] for n in self.latent_order])
+
+    def from_latent(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Tokens ``(B, C, N)`` in ``latent_order`` -> planes in :data:`PLANES` order."""
+        parts = dict(zip(self.latent_order, split_planes(tokens, self.latent_shapes())))
+        return [parts[n] for n in PLANES]
 
 
 def flatten_planes(planes: list[torch.Tensor]) -> torch.Tensor:
@@ -113,9 +132,11 @@ class VideoEncoder(nn.Module):
         self.spec = s
         h = s.latent_resolution
         self.timesformer = TimeSformer(patch=s.patch, dim=s.enc_dim, depth=s.enc_depth, heads=s.enc_heads,
-                                       dim_head=s.enc_head_dim, ff_mult=s.enc_ff_mult)
+                                       dim_head=s.enc_head_dim, ff_mult=s.enc_ff_mult,
+                                       official_rotary=s.official_rotary)
         kw = dict(dim=s.enc_dim, depth=s.collapse_depth, heads=s.collapse_heads,
-                  dim_head=s.collapse_head_dim, mlp_dim=s.collapse_mlp)
+                  dim_head=s.collapse_head_dim, mlp_dim=s.collapse_mlp, readout=s.collapse_readout,
+                  final_norm=s.collapse_norm)
         # xy collapses t; xt (rows t, cols x) collapses y; yt (rows t, cols y) collapses x
         self.collapse = nn.ModuleList([AxisCollapser(length=s.frames, **kw), AxisCollapser(length=h, **kw),
                                        AxisCollapser(length=h, **kw)])
@@ -133,7 +154,7 @@ class VideoEncoder(nn.Module):
         params = [conv(p.permute(0, 3, 1, 2)) for conv, p in zip(self.quant_conv, (xy, xt, yt))]
         means = [p.chunk(2, dim=1)[0] for p in params]
         logvars = [p.chunk(2, dim=1)[1] for p in params]
-        return torch.cat([flatten_planes(means), flatten_planes(logvars)], dim=1)
+        return torch.cat([s.to_latent(means), s.to_latent(logvars)], dim=1)
 
 
 class PlaneUpsample(nn.Module):
@@ -190,7 +211,7 @@ class VideoDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> list[torch.Tensor]:
         s = self.spec
-        planes = split_planes(z, s.plane_shapes())
+        planes = s.from_latent(z)
         planes = [self.mid(self.conv_in(conv(p))) for conv, p in zip(self.post_quant_conv, planes)]
         planes = self.mid_cross(planes)
         out: list[torch.Tensor] = []

@@ -11,10 +11,11 @@ from ddmi.data.videos import VideoFolderDataset
 from ddmi.domains.base import Domain, unet_arguments
 from ddmi.domains.video import outputs
 from ddmi.domains.video.config import VideoConfig
-from ddmi.domains.video.model import VideoAutoencoder, video_spec
+from ddmi.domains.video.model import VideoAutoencoder, latent_order, video_spec
 from ddmi.errors import DataError
 from ddmi.nn.discriminator import VideoDiscriminator
 from ddmi.render.video import contact_sheet
+from ddmi.vae.spacetime import PLANES
 
 
 def _clips(cfg, root, split: str, *, skip_bad: bool, log=print) -> VideoFolderDataset:
@@ -41,10 +42,23 @@ class VideoDomain(Domain):
         for key in ("enc_dim", "enc_depth", "enc_heads", "collapse_depth", "collapse_heads",
                     "collapse_head_dim", "collapse_mlp", "cross_heads", "unet_cross_heads", "enc_ff_mult"):
             check(vc[key] >= 1, f"video.{key}", "must be >= 1")
+        check(sorted(latent_order(vc.latent_order)) == sorted(PLANES), "video.latent_order",
+              f"must name each of {', '.join(PLANES)} once, comma-separated")
+        check(vc.collapse_readout in ("token", "first"), "video.collapse_readout", "must be 'token' or 'first'")
         uf = 2 ** (len(cfg.ldm.unet.channel_mult) - 1)
         check(vc.frames % uf == 0 and (cfg.data.resolution // f) % uf == 0, "ldm.unet.channel_mult",
               f"the tri-plane UNet downsamples by {uf}: video.frames ({vc.frames}) and the latent size "
               f"({cfg.data.resolution // f}) must be multiples of it")
+
+    def official_config(self, sections, cfg, official=None):
+        """Sizes from the official ``vaemodel`` / ``mlp`` shapes and the official switches of
+        ``video.*`` on (:mod:`ddmi.domains.video.official`)."""
+        from ddmi.domains.video.official import official_config
+        return official_config(sections, cfg, official)
+
+    def official_autoencoder_state(self, sections, cfg):
+        from ddmi.domains.video.official import official_state
+        return official_state(sections, cfg)
 
     def build_autoencoder(self, cfg):
         return VideoAutoencoder(cfg)
@@ -52,7 +66,7 @@ class VideoDomain(Domain):
     def build_denoiser(self, cfg, latent_shape):
         """(B, C, N) tokens of three planes: the tri-plane UNet."""
         from ddmi.nn.triplane_unet import TriplaneUNet
-        return TriplaneUNet(plane_shapes=video_spec(cfg).plane_shapes(), cross_heads=cfg.video.unet_cross_heads,
+        return TriplaneUNet(plane_shapes=video_spec(cfg).latent_shapes(), cross_heads=cfg.video.unet_cross_heads,
                             **unet_arguments(cfg, latent_shape))
 
     def official_denoiser_state(self, diffusion, cfg):

@@ -23,7 +23,6 @@ Conventions (the video domain; written down once here and in ``docs/video.md``):
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -32,9 +31,8 @@ from torch import nn
 from ddmi.fields import Field, sample_plane
 from ddmi.nn.pointnet import ResnetBlockFC
 from ddmi.nn.spectral import SpectralRegularizer
-from ddmi.vae.spacetime import VideoVAE, VideoVAESpec
 from ddmi.vae.posterior import DiagonalGaussian
-
+from ddmi.vae.spacetime import PLANES, VideoVAE, VideoVAESpec
 
 
 def video_spec(cfg: DictConfig) -> VideoVAESpec:
@@ -48,13 +46,34 @@ def video_spec(cfg: DictConfig) -> VideoVAESpec:
         embed_dim=v.embed_dim, hdbpe_resolutions=tuple(v.hdbpe_resolutions),
         inter_attn_resolutions=tuple(v.inter_attn_resolutions), plane_channels=v.plane_channels,
         mid_attn_heads=v.mid_attn_heads, cross_heads=vc.cross_heads, cross_expand=vc.cross_expand,
-        dropout=v.dropout)
+        dropout=v.dropout, official_rotary=vc.official_rotary, collapse_readout=vc.collapse_readout,
+        collapse_norm=vc.collapse_norm, latent_order=latent_order(vc.latent_order))
 
 
-def plane_features(planes: list[torch.Tensor], coords: torch.Tensor, k: int) -> torch.Tensor:
+def latent_order(text: str) -> tuple[str, ...]:
+    """``"xy,xt,yt"`` -> ``("xy", "xt", "yt")`` (config ``video.latent_order``)."""
+    return tuple(n.strip() for n in text.split(","))
+
+
+def sample_plane_corners(plane: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """:func:`ddmi.fields.sample_plane` with ``align_corners=True`` (the official video query):
+    ``plane (B, C, H, W)``, ``coords (B, N, 2)`` (column, row) -> ``(B, N, C)``."""
+    out = F.grid_sample(plane, coords.unsqueeze(1).to(plane.dtype), mode="bilinear",
+                        padding_mode="border", align_corners=True)
+    return out[:, :, 0].transpose(1, 2)
+
+
+def plane_features(planes: list[torch.Tensor], coords: torch.Tensor, k: int, *,
+                   official_query: bool = False) -> torch.Tensor:
     """Concatenated samples ``(B, N, 3C)`` of the xy, xt, yt planes of scale ``k`` at
-    ``coords (B, N, 3)`` = (x, y, t)."""
+    ``coords (B, N, 3)`` = (x, y, t). ``official_query`` (config ``video.official_query``): the
+    official reading, ``align_corners=True`` and the time planes transposed (xt at column t, row
+    y; yt at column t, row x)."""
     xy, xt, yt = planes[3 * k:3 * k + 3]
+    if official_query:
+        return torch.cat([sample_plane_corners(xy, coords[..., (0, 1)]),
+                          sample_plane_corners(xt, coords[..., (2, 1)]),
+                          sample_plane_corners(yt, coords[..., (2, 0)])], dim=-1)
     return torch.cat([sample_plane(xy, coords[..., (0, 1)]), sample_plane(xt, coords[..., (0, 2)]),
                       sample_plane(yt, coords[..., (1, 2)])], dim=-1)
 
@@ -67,10 +86,11 @@ class VideoMLP(nn.Module):
     ``rgb = Linear(H -> 3)(leaky_relu(h, 0.2))``.
     """
 
-    def __init__(self, *, plane_channels: int, num_scales: int, hidden: int = 256):
+    def __init__(self, *, plane_channels: int, num_scales: int, hidden: int = 256, official_query: bool = False):
         super().__init__()
         c, h = 3 * plane_channels, hidden
         self.num_scales = num_scales
+        self.official_query = official_query
         self.blocks = nn.ModuleList([ResnetBlockFC(c, h)] + [ResnetBlockFC(h + c, h) for _ in range(num_scales - 1)])
         self.final = ResnetBlockFC(h, h)
         self.to_rgb = nn.Linear(h, 3)
@@ -80,7 +100,7 @@ class VideoMLP(nn.Module):
         assert len(planes) == 3 * self.num_scales, f"expected {3 * self.num_scales} planes, got {len(planes)}"
         h = None
         for k, block in enumerate(self.blocks):
-            f = plane_features(planes, coords, k)
+            f = plane_features(planes, coords, k, official_query=self.official_query)
             h = block(f) if h is None else block(torch.cat([h, f], dim=-1))
         return self.to_rgb(F.leaky_relu(self.final(h), 0.2))
 
@@ -92,6 +112,25 @@ def clip_coords(frames: int, height: int, width: int | None = None, *, device=No
     t, y, x = torch.meshgrid(pixel_centers(frames, device=device), pixel_centers(height, device=device),
                              pixel_centers(width, device=device), indexing="ij")
     return torch.stack([x, y, t], dim=-1).reshape(-1, 3)
+
+
+def grid_points(coords_xy: torch.Tensor, coords_xt: torch.Tensor, coords_yt: torch.Tensor) -> torch.Tensor:
+    """The points ``(T*H*W, 3)`` = (x, y, t), t-major then y then x, of the official coordinate
+    grids (``convert_to_coord_format_3d``): ``coords_xy (1, 2, H, W)`` with channels (x, y),
+    ``coords_xt (1, 2, T, W)`` with (t, x), ``coords_yt (1, 2, T, H)`` with (t, y). The official
+    MLP broadcasts its three plane samples over (t, h, w), so it computes the field at exactly
+    these points; they must form a product grid (checked)."""
+    x, y = coords_xy[0, 0], coords_xy[0, 1]                        # (H, W)
+    t = coords_xt[0, 0]                                             # (T, W)
+    frames, (h, w) = t.shape[0], x.shape
+    if not (torch.equal(coords_xt[0, 1], x[:1].expand(frames, w))
+            and torch.equal(coords_yt[0, 0][:, :1].expand(-1, w), t)
+            and torch.equal(coords_yt[0, 1], y[:, 0][None].expand(frames, h))
+            and torch.equal(x, x[:1].expand(h, w)) and torch.equal(y, y[:, :1].expand(h, w))
+            and torch.equal(t, t[:, :1].expand(frames, w))):
+        raise ValueError("the coordinate grids are not one product grid over (t, y, x)")
+    tt, yy, xx = torch.meshgrid(t[:, 0], y[:, 0], x[0], indexing="ij")
+    return torch.stack([xx, yy, tt], dim=-1).reshape(-1, 3)
 
 
 def render_clip(field: Field, resolution: int, frames: int) -> torch.Tensor:
@@ -123,7 +162,8 @@ class VideoAutoencoder(nn.Module):
         self.hflip = cfg.data.hflip
         self.vae = VideoVAE(self.spec)
         self.mlp = VideoMLP(plane_channels=self.spec.plane_channels,
-                            num_scales=len(self.spec.plane_resolutions), hidden=cfg.mlp.hidden)
+                            num_scales=len(self.spec.plane_resolutions), hidden=cfg.mlp.hidden,
+                            official_query=cfg.video.official_query)
         self.spectral = SpectralRegularizer(self.vae, power_iters=cfg.loss.sn_power_iters) \
             if cfg.loss.sn_reg else None
 
@@ -138,6 +178,14 @@ class VideoAutoencoder(nn.Module):
     def encode(self, clips: torch.Tensor) -> DiagonalGaussian:
         """``clips (B, 3, T, R, R)`` in [-1, 1] at the training size -> posterior."""
         return self.vae.encode(clips)
+
+    def plane_posteriors(self, posterior: DiagonalGaussian) -> dict[str, DiagonalGaussian]:
+        """The posterior of each plane, ``{"xy", "xt", "yt"}`` -> a Gaussian over ``(B, 2 *
+        embed_dim, rows, cols)`` (``posterior``: of :meth:`encode`, tokens in ``latent_order``)."""
+        e = self.spec.embed_dim
+        means = self.spec.from_latent(posterior.params[:, :e])
+        logvars = self.spec.from_latent(posterior.params[:, e:])
+        return {n: DiagonalGaussian(torch.cat([m, lv], dim=1)) for n, m, lv in zip(PLANES, means, logvars)}
 
     def encoder_views(self, clips: torch.Tensor) -> list[torch.Tensor]:
         """Encoder inputs of a batch (stage-2 latent cache): the clips, and their mirrors when
