@@ -12,11 +12,11 @@ import json
 
 import pytest
 import torch
-from official_fixtures import assert_close, domain_fixture
-from official_fixtures import official_root  # noqa: F401 (fixture)
+from official_fixtures import assert_close, domain_fixture, official_root  # noqa: F401 (fixture)
 
 from ddmi import domains
 from ddmi.config import load_config, with_overrides
+from ddmi.errors import CheckpointError
 from ddmi.models import build_autoencoder
 
 pytestmark = pytest.mark.official
@@ -86,6 +86,34 @@ def test_config_from_shapes(image):
     assert cfg.image.noise_injection
     base = load_config("image-tiny", {"data": {"resolution": dd["resolution"]}})
     assert IMAGE.official_config(sections, base) == IMAGE.official_config(sections, base, config["config"])
+
+
+def test_config_from_official_args(image):
+    """The official ``args`` entry (a plain dict in the fixture's ldm-last.pt; an ``argparse.Namespace``
+    of omegaconf ``DictConfig`` values in official files) gives the same overrides as the YAML."""
+    folder, config, _, sections, _, _ = image
+    base = load_config("image-tiny")
+    expected = IMAGE.official_config(sections, base, config["config"])
+    assert IMAGE.official_config(sections, base, _load(folder / "ldm-last.pt")["args"]) == expected
+    # a trusted fixture file written by the fixture generator: the official pickled Namespace
+    namespace = torch.load(folder / "ldm-args-namespace-sample.pt", map_location="cpu", weights_only=False)["args"]
+    assert IMAGE.official_config(sections, base, namespace) == expected
+
+
+def test_config_contradicting_the_weights_is_refused(image):
+    _, config, _, sections, _, _ = image
+    base = load_config("image-tiny")
+    dd = config["config"]["ddconfig"]
+    for key, value in (("ch", dd["ch"] * 2), ("num_res_blocks", dd["num_res_blocks"] + 1),
+                       ("hdbf_resolutions", dd["hdbf_resolutions"][:1]), ("out_ch", dd["out_ch"] + 1),
+                       ("attn_type", "linear")):
+        official = {**config["config"], "ddconfig": {**dd, key: value}}
+        with pytest.raises(CheckpointError):
+            IMAGE.official_config(sections, base, official)
+    with pytest.raises(CheckpointError):
+        IMAGE.official_config({"mlp": sections["mlp"]}, base)
+    with pytest.raises(CheckpointError):
+        IMAGE.official_config({"model": sections["model"]}, base)
 
 
 def test_posterior(image):
@@ -196,3 +224,55 @@ def test_paper_manifest_maps_completely(official_root, manifest_name):  # noqa: 
     assert not bad
     official_keys = sum(len(s) for s in sections.values())   # one ddmi key per official key
     assert len([k for k in state if not k.startswith("spectral.")]) == official_keys
+
+
+@pytest.mark.parametrize("vae", [
+    {"ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [16], "hdbpe_resolutions": [16, 8]},
+    {"ch": 32, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 3, "attn_resolutions": [8, 4], "hdbpe_resolutions": [8, 4]},
+])
+def test_vae_names_cover_other_architectures(vae):
+    """Without fixtures: for other level/block/attention layouts, the official module names (the LDM
+    Encoder/Decoder layout, written out here independently) map one to one onto ddmi's modules."""
+    from ddmi.domains.image import official
+    from ddmi.domains.image.model import vae_spec
+    cfg = load_config("image-tiny", {"data": {"resolution": 32}, "vae": vae})
+    spec = vae_spec(cfg)
+    names = official._conv_vae_names(spec)
+    levels, nrb = len(vae["ch_mult"]), vae["num_res_blocks"]
+    expected = {"quant_conv", "post_quant_conv"} | {f"{n}.{p}" for n in ("encoder", "decoder")
+                                                   for p in ("conv_in", "norm_out", "conv_out", "mid.block_1",
+                                                             "mid.attn_1", "mid.block_2")}
+    for level in range(levels):
+        res = 32 // 2 ** level
+        for j in range(nrb):
+            expected.add(f"encoder.down.{level}.block.{j}")
+            if res in vae["attn_resolutions"]:
+                expected.add(f"encoder.down.{level}.attn.{j}")
+        for j in range(nrb + 1):
+            expected.add(f"decoder.up.{level}.block.{j}")
+            if res in vae["attn_resolutions"]:
+                expected.add(f"decoder.up.{level}.attn.{j}")
+        if res in vae["hdbpe_resolutions"]:
+            expected.add(f"decoder.up.{level}.hdbf.0")
+        if level != levels - 1:
+            expected.add(f"encoder.down.{level}.downsample")
+        if level != 0:
+            expected.add(f"decoder.up.{level}.upsample")
+    assert set(names) == expected
+    assert len(set(names.values())) == len(names)
+    with torch.device("meta"):
+        model = build_autoencoder(cfg)
+    modules = {f"vae.{n}" for n in names.values()}
+    for key in model.vae.state_dict():
+        prefix = f"vae.{key}".rsplit(".", 1)[0]
+        owner = prefix if prefix in modules else prefix.rsplit(".", 1)[0]   # ResnetBlock.shortcut
+        assert owner in modules, key
+    # each official block lands on a ddmi module of the same kind
+    kinds = {"block": "ResnetBlock", "block_1": "ResnetBlock", "block_2": "ResnetBlock", "attn": "AttnBlock",
+             "attn_1": "AttnBlock", "downsample": "Downsample", "upsample": "Upsample", "hdbf": "Conv2d"}
+    ddmi_modules = dict(model.vae.named_modules())
+    for off, mine in names.items():
+        parts = off.split(".")
+        kind = parts[-2] if parts[-1].isdigit() else parts[-1]
+        if kind in kinds:
+            assert type(ddmi_modules[mine]).__name__ == kinds[kind], (off, mine)

@@ -22,6 +22,7 @@ Official layout (the LDM ``Encoder`` / ``Decoder`` with HDBPE heads, a StyleGAN2
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import torch
 
@@ -51,11 +52,24 @@ def _need(sd: dict, key: str, section: str) -> torch.Tensor:
     return sd[key]
 
 
-def _official_dict(official: dict | None, name: str) -> dict:
-    if not official:
-        return {}
-    value = official.get(name) or {}
-    return dict(value) if hasattr(value, "keys") else {}
+def _find(official, name: str):
+    """``official[name]`` (a dict, an omegaconf ``DictConfig`` or the official ``argparse.Namespace``),
+    searched one level down too (a YAML may nest ``ddconfig`` under ``model``); None if absent."""
+    if official is None:
+        return None
+    if not isinstance(official, Mapping):
+        official = vars(official)
+    if name in official:
+        return official[name]
+    for value in official.values():
+        if isinstance(value, Mapping) and name in value:
+            return value[name]
+    return None
+
+
+def _official_dict(official, name: str) -> dict:
+    value = _find(official, name)
+    return dict(value) if isinstance(value, Mapping) else {}
 
 
 def infer_vae(vae: dict, section: str = "model") -> dict:
@@ -116,7 +130,7 @@ def infer_mlp(mlp: dict) -> dict:
     )
 
 
-def official_config(sections: dict, cfg, official: dict | None = None) -> dict:
+def official_config(sections: dict, cfg, official=None) -> dict:
     """ddmi overrides under which ``ImageAutoencoder`` computes the official image stage 1.
 
     Inferred from shapes: every width, the level count, the block count, ``embed_dim``,
@@ -160,6 +174,9 @@ def official_config(sections: dict, cfg, official: dict | None = None) -> dict:
         raise CheckpointError(f"official ddconfig.attn_type '{attn_type}' is not an image attention type "
                               f"({', '.join(ATTN_HEADS)})")
     heads = ATTN_HEADS[attn_type] if attn_type is not None else cfg.vae.mid_attn_heads
+    if attn and heads != 1:
+        raise CheckpointError(f"official attention at resolutions {attn} with {heads} heads: ddmi's per-level "
+                              "attention (vae.attn_resolutions) has one head")
     checks = {"ch": v["ch"], "num_res_blocks": v["num_res_blocks"], "z_channels": v["z_channels"],
               "out_ch": v["plane_channels"], "ch_mult": v["ch_mult"]}
     for key, value in checks.items():
@@ -168,8 +185,9 @@ def official_config(sections: dict, cfg, official: dict | None = None) -> dict:
     for key, value in {"ch": m["hidden"], "latent_dim": v["plane_channels"], "in_ch": si_channels}.items():
         if key in mc and mc[key] != value:
             raise CheckpointError(f"official mlpconfig.{key}={mc[key]} contradicts the weights ({value})")
-    if official and official.get("embed_dim") is not None and official["embed_dim"] != v["embed_dim"]:
-        raise CheckpointError(f"official embed_dim={official['embed_dim']} contradicts the weights ({v['embed_dim']})")
+    embed_dim = _find(official, "embed_dim")
+    if embed_dim is not None and embed_dim != v["embed_dim"]:
+        raise CheckpointError(f"official embed_dim={embed_dim} contradicts the weights ({v['embed_dim']})")
     return {
         "data": {"resolution": resolution},
         "vae": {"ch": v["ch"], "ch_mult": v["ch_mult"], "num_res_blocks": v["num_res_blocks"],
