@@ -183,9 +183,11 @@ class ImageMLP(nn.Module):
 
         ``noise`` feeds the NoiseInjection layers (``spec.noise_injection``; ignored otherwise):
         None (no noise: deterministic), a ``torch.Generator`` from which each styled layer in turn
-        draws ``randn(B, N)`` (the official draw order: block by block, layer by layer, so one
-        query of an ``H x W`` grid in row-major order draws what the official ``(B, 1, H, W)``
-        draws from a generator in the same state), or one ``(B, N)`` tensor per styled layer.
+        draws ``randn(B, N)`` (the official draw order: block by block, layer by layer, so an
+        ``H x W`` grid in row-major order queried in one call draws what the official
+        ``(B, 1, H, W)`` NoiseInjection draws from a generator in the same state; a
+        :class:`Field` query split into several chunks draws chunk by chunk instead), or one
+        ``(B, N)`` tensor per styled layer (then all ``N`` points in one call).
 
         Returns ``(B, N, out_channels)`` (RGB in about [-1, 1]; not clamped).
         """

@@ -116,6 +116,13 @@ def test_config_contradicting_the_weights_is_refused(image):
         IMAGE.official_config({"model": sections["model"]}, base)
 
 
+def test_noise_weights_without_the_switch_are_reported_unused(image):
+    _, config, _, sections, _, cfg = image
+    plain = with_overrides(cfg, {"image": {"noise_injection": False}})
+    _, unused = IMAGE.official_autoencoder_state(sections, plain)
+    assert sorted(unused) == sorted(f"mlp.{k}" for k in config["noise_injection_params_kept_zero"])
+
+
 def test_posterior(image):
     _, config, t, _, model, _ = image
     with torch.no_grad():

@@ -17,6 +17,7 @@ class ImageConfig:
     # weight per layer and one fresh draw per pixel shared by all channels, between the modulated
     # conv and the bias + leaky ReLU, also at inference (spec 12.2.7), so the official decode is
     # stochastic. ddmi (default false) has no such weights: its decode is deterministic. True adds
-    # a ``noise_weight (1,)`` to every styled layer; the noise is then drawn from an explicit
-    # ``generator`` passed to the query (reproducible), or is zero when none is given.
+    # a ``noise_weight (1,)`` to every styled layer; the noise then comes from an explicit
+    # ``field.query(coords, si=..., noise=generator or per-layer tensors)`` (reproducible), and is
+    # zero when none is given (ddmi's renders and metrics: deterministic).
     noise_injection: bool = False
