@@ -89,34 +89,44 @@ class ModulatedLinear(nn.Module):
 
 
 class StyledLayer(nn.Module):
-    """Modulated linear + bias + leaky ReLU(0.2) * sqrt(2) (StyleGAN2's FusedLeakyReLU)."""
+    """Modulated linear + bias + leaky ReLU(0.2) * sqrt(2) (StyleGAN2's FusedLeakyReLU).
 
-    def __init__(self, in_features: int, out_features: int, style_dim: int):
+    With ``noise_injection`` (the official StyledConv's NoiseInjection, off by default) the layer
+    has a learned scalar ``noise_weight`` and adds ``noise_weight * noise`` before the bias, where
+    ``noise (B, N)`` is one value per point shared by all channels (zero when not given).
+    """
+
+    def __init__(self, in_features: int, out_features: int, style_dim: int, *, noise_injection: bool = False):
         super().__init__()
         self.linear = ModulatedLinear(in_features, out_features, style_dim)
         self.bias = nn.Parameter(torch.zeros(out_features))
+        self.noise_weight = nn.Parameter(torch.zeros(1)) if noise_injection else None
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        return F.leaky_relu(self.linear(x, style) + self.bias, 0.2) * SQRT2
+    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.linear(x, style)
+        if self.noise_weight is not None and noise is not None:
+            out = out + self.noise_weight * noise.to(out.dtype)[..., None]
+        return F.leaky_relu(out + self.bias, 0.2) * SQRT2
 
 
 class StyledResBlock(nn.Module):
     """Three styled layers with a residual connection: ``(layers(x) + skip(x)) / sqrt(2)``."""
 
-    def __init__(self, in_features: int, out_features: int, style_dim: int):
+    def __init__(self, in_features: int, out_features: int, style_dim: int, *, noise_injection: bool = False):
         super().__init__()
         self.layers = nn.ModuleList([
-            StyledLayer(in_features, out_features, style_dim),
-            StyledLayer(out_features, out_features, style_dim),
-            StyledLayer(out_features, out_features, style_dim),
+            StyledLayer(in_features, out_features, style_dim, noise_injection=noise_injection),
+            StyledLayer(out_features, out_features, style_dim, noise_injection=noise_injection),
+            StyledLayer(out_features, out_features, style_dim, noise_injection=noise_injection),
         ])
         self.skip = (EqualLinear(in_features, out_features, bias=False)
                      if in_features != out_features else nn.Identity())
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, noise=None) -> torch.Tensor:
+        """``noise``: None, or a callable ``() -> (B, N)`` giving each layer's noise in turn."""
         h = x
         for layer in self.layers:
-            h = layer(h, style)
+            h = layer(h, style, None if noise is None else noise())
         return (h + self.skip(x)) / SQRT2
 
 
@@ -141,6 +151,7 @@ class ImageMLPSpec:
     hidden: int = 256
     scale_embed_dim: int = 64
     out_channels: int = 3
+    noise_injection: bool = False      # the official NoiseInjection weights (see StyledLayer)
 
 
 class ImageMLP(nn.Module):
@@ -157,28 +168,57 @@ class ImageMLP(nn.Module):
         self.spec = spec
         c, h, e = spec.plane_channels + 2, spec.hidden, spec.scale_embed_dim
         self.style = nn.Sequential(nn.Linear(e, h), nn.GELU(), nn.Linear(h, h))
+        n = spec.noise_injection
         self.blocks = nn.ModuleList(
-            [StyledResBlock(c, h, h)] + [StyledResBlock(h + c, h, h) for _ in range(spec.num_scales - 1)]
+            [StyledResBlock(c, h, h, noise_injection=n)]
+            + [StyledResBlock(h + c, h, h, noise_injection=n) for _ in range(spec.num_scales - 1)]
         )
-        self.final = StyledResBlock(h, h, h)
+        self.final = StyledResBlock(h, h, h, noise_injection=n)
         self.to_rgb = ModulatedLinear(h, spec.out_channels, h, demodulate=False)
         self.rgb_bias = nn.Parameter(torch.zeros(spec.out_channels))
 
     def forward(self, planes: list[torch.Tensor], coords: torch.Tensor,
-                si: torch.Tensor) -> torch.Tensor:
+                si: torch.Tensor, noise: torch.Generator | list[torch.Tensor] | None = None) -> torch.Tensor:
         """``planes``: coarse to fine ``(B, C, h_k, w_k)``; ``coords (B, N, 2)``; ``si (B,)``.
+
+        ``noise`` feeds the NoiseInjection layers (``spec.noise_injection``; ignored otherwise):
+        None (no noise: deterministic), a ``torch.Generator`` from which each styled layer in turn
+        draws ``randn(B, N)`` (the official draw order: block by block, layer by layer, so an
+        ``H x W`` grid in row-major order queried in one call draws what the official
+        ``(B, 1, H, W)`` NoiseInjection draws from a generator in the same state; a
+        :class:`Field` query split into several chunks draws chunk by chunk instead), or one
+        ``(B, N)`` tensor per styled layer (then all ``N`` points in one call).
 
         Returns ``(B, N, out_channels)`` (RGB in about [-1, 1]; not clamped).
         """
         assert len(planes) == len(self.blocks), f"expected {len(self.blocks)} planes, got {len(planes)}"
         style = self.style(sinusoidal_embedding(si, self.spec.scale_embed_dim))
         si_feat = si.to(coords.dtype)[:, None, None].expand(-1, coords.shape[1], 2)
+        draw = self._noise_source(noise, coords) if self.spec.noise_injection else None
         h = None
         for plane, block in zip(planes, self.blocks):
             f = torch.cat([sample_plane(plane, coords), si_feat], dim=-1)
-            h = block(f if h is None else torch.cat([h, f], dim=-1), style)
-        h = self.final(h, style)
+            h = block(f if h is None else torch.cat([h, f], dim=-1), style, draw)
+        h = self.final(h, style, draw)
         return self.to_rgb(h, style) + self.rgb_bias
+
+    @staticmethod
+    def _noise_source(noise, coords: torch.Tensor):
+        """``noise`` (see :meth:`forward`) as a callable returning the next layer's ``(B, N)``."""
+        if noise is None:
+            return None
+        shape = coords.shape[:2]
+        if isinstance(noise, torch.Generator):
+            return lambda: torch.randn(shape, generator=noise, device=noise.device).to(coords.device)
+        pieces = iter(noise)
+
+        def take() -> torch.Tensor:
+            piece = next(pieces)
+            if piece.shape != shape:
+                raise ValueError(f"noise of shape {tuple(piece.shape)} for {tuple(shape)} points "
+                                 "(query all points in one chunk to pass explicit noise)")
+            return piece
+        return take
 
 
 # ------------------------------------------------------------------------------------------

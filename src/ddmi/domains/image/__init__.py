@@ -7,12 +7,16 @@ import torch
 from ddmi.data.images import ImageFolderDataset, save_grid
 from ddmi.domains.base import Domain
 from ddmi.domains.image import evaluation, outputs
-from ddmi.domains.image.model import ImageAutoencoder
+from ddmi.domains.image import official as image_official
+from ddmi.domains.image.config import ImageConfig
+from ddmi.domains.image.model import ImageAutoencoder, fresh_spectral_state, vae_spec
 from ddmi.nn.discriminator import ScaleConditionedDiscriminator
 
 
 class ImageDomain(Domain):
     name = "image"
+    section = "image"
+    section_schema = ImageConfig
     description = "images: a folder of image files (nested folders allowed)"
     run_metrics = ("fid", "kid", "rfid", "psnr", "ssim")
     default_metrics = {"ldm": ("fid", "kid"), "vae": ("rfid", "psnr", "ssim")}
@@ -52,6 +56,22 @@ class ImageDomain(Domain):
     write_samples = staticmethod(outputs.write_samples)
     reconstruct = staticmethod(outputs.reconstruct)
     evaluate_run = staticmethod(evaluation.evaluate_run)
+
+    def official_config(self, sections, cfg, official=None):
+        """Sizes from the official ``model``/``vaemodel`` and ``mlp`` shapes; ``data.resolution``
+        and the mid-attention heads from ``official`` (``ddconfig.resolution``, ``attn_type``) or
+        ``cfg``; the ``image.*`` switches (:mod:`ddmi.domains.image.official`)."""
+        return image_official.official_config(sections, cfg, official)
+
+    def official_autoencoder_state(self, sections, cfg):
+        """Every official key onto :class:`ImageAutoencoder`'s state dict; the spectral
+        regulariser's buffers (ddmi training state) are those of a fresh model."""
+        spec = vae_spec(cfg)
+        state, unused = image_official.official_state(
+            sections, spec, num_scales=len(spec.plane_resolutions), noise=cfg.image.noise_injection)
+        if cfg.loss.sn_reg:
+            state.update({f"spectral.{k}": v for k, v in fresh_spectral_state(spec, cfg.loss.sn_power_iters).items()})
+        return state, unused
 
     def synthesize(self, out, args):
         from ddmi.data.synthetic import synth_images

@@ -23,6 +23,15 @@ def vae_spec(cfg: DictConfig) -> ConvVAESpec:
     )
 
 
+def fresh_spectral_state(spec: ConvVAESpec, power_iters: int) -> dict[str, torch.Tensor]:
+    """The buffers of a fresh :class:`SpectralRegularizer` of ``ConvVAE(spec)`` (ddmi training
+    state that official checkpoints do not carry; ``initialised`` is False, so it warms up as in a
+    new run). The VAE is built on the meta device: no memory."""
+    with torch.device("meta"):
+        vae = ConvVAE(spec)
+    return dict(SpectralRegularizer(vae, power_iters=power_iters).state_dict())
+
+
 class ImageAutoencoder(nn.Module):
     """The image D2C-VAE: conv VAE -> 3 multi-scale planes -> CFC styled MLP -> RGB."""
 
@@ -36,7 +45,8 @@ class ImageAutoencoder(nn.Module):
         self.vae = ConvVAE(self.spec)
         self.mlp = ImageMLP(ImageMLPSpec(
             plane_channels=self.spec.plane_channels, num_scales=len(self.spec.plane_resolutions),
-            hidden=cfg.mlp.hidden, scale_embed_dim=cfg.mlp.scale_embed_dim))
+            hidden=cfg.mlp.hidden, scale_embed_dim=cfg.mlp.scale_embed_dim,
+            noise_injection=cfg.image.noise_injection))
         self.spectral = SpectralRegularizer(self.vae, power_iters=cfg.loss.sn_power_iters) \
             if cfg.loss.sn_reg else None
 
@@ -53,7 +63,9 @@ class ImageAutoencoder(nn.Module):
         return self.vae.encode(image_domain.resize(images, self.resolution))
 
     def decode(self, z: torch.Tensor, *, chunk: int = 8192) -> Field:
-        """Latent ``(B, *latent_shape)`` -> a ``Field`` (query with ``si`` or render)."""
+        """Latent ``(B, *latent_shape)`` -> a ``Field`` (render it, or query it at coordinates
+        ``(B, N, 2)`` in [-1, 1] (x, y) with ``field.query(coords, si=(B,) scales)``; with
+        ``image.noise_injection`` also ``noise=`` a generator, see :meth:`ImageMLP.forward`)."""
         planes = self.vae.decode(z)
         si = torch.ones(z.shape[0], device=z.device)
         return Field(planes, self.mlp, {"si": si}, chunk=chunk)
