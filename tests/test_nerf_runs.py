@@ -48,6 +48,11 @@ def test_cli_end_to_end(tmp_path, capsys):
             gif = Image.open(out / f"sample_{i:05d}_{r}.gif")
             assert gif.n_frames == 4 and gif.size == (r, r)
     assert (out / "turntables_12.png").is_file() and (out / "turntables_20.png").is_file()
+    # the camera path is chosen at sample time: frame count, radius, elevation
+    cam = tmp_path / "cam"
+    assert main(["sample", str(ldm), "--out", str(cam), "--num", "1", "--steps", "2", "--resolution", "12",
+                 "--frames", "3", "--radius", "3.5", "--elevation", "45"]) == 0
+    assert Image.open(cam / "sample_00000_12.gif").n_frames == 3
     capsys.readouterr()
     assert main(["sample", str(ldm), "--out", str(out), "--num", "1", "--steps", "2", "--resolution", "12"]) == 2
     assert "--overwrite" in capsys.readouterr().err

@@ -48,9 +48,21 @@ def test_cli_end_to_end(tmp_path, capsys):
         for ext in ("ply", "obj", "png"):
             assert (rec / f"{pc.parent.name}_pointcloud_rec24.{ext}").is_file()
     assert (rec / "reconstructions.png").is_file()
+    # the meshes ddmi writes are inputs too (.obj, .ply), and a folder stands for its files
+    objs = tmp_path / "objs"
+    objs.mkdir()
+    for pc in pcs:
+        (objs / f"{pc.parent.name}.obj").write_bytes((rec / f"{pc.parent.name}_pointcloud_rec24.obj").read_bytes())
+    assert main(["reconstruct", str(vae), str(objs), "--out", str(tmp_path / "rec-obj"), "--resolution", "24"]) == 0
+    assert sorted(p.name for p in (tmp_path / "rec-obj").glob("*.obj")) == sorted(
+        f"{pc.parent.name}_rec24.obj" for pc in pcs)
+    assert main(["reconstruct", str(vae), str(objs), "--out", str(tmp_path / "rec-obj"), "--resolution", "24"]) == 2
+    assert "--overwrite" in capsys.readouterr().err            # reconstructions.png too: nothing replaced
+    assert main(["reconstruct", str(vae), str(objs), "--out", str(tmp_path / "x"), "--frames", "4"]) == 2
+    assert "--frames does not apply to occupancy runs" in capsys.readouterr().err
     bad = tmp_path / "bad.npz"
     np.savez(bad, pts=np.zeros((10, 3)))
-    assert main(["reconstruct", str(vae), str(bad), "--out", str(rec)]) == 2
+    assert main(["reconstruct", str(vae), str(bad), "--out", str(tmp_path / "rec-bad")]) == 2
     assert str(bad) in capsys.readouterr().err
     # eval: generated meshes vs the test shapes (MMD/COV/1-NNA), reconstruction IoU of the VAE
     import json

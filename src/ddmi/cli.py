@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--resolution", type=int, default=None,
                    help="render size (meshes: grid resolution; default: the training resolution)")
-    s.add_argument("--views", type=int, default=8,
+    s.add_argument("--views", type=int, default=None,
                    help="nerf: how many of each object's views to render (evenly spaced), with PSNR")
     s.add_argument("--frames", type=int, action="append", default=None,
                    help="video: frame count to render (continuous time; default the training clip length)")
@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="render size, or mesh grid resolution for shapes (default 128); repeat for several")
     s.add_argument("--frames", type=int, action="append", default=None,
                    help="video: frame count to render (continuous time: any count, e.g. 2x the "
-                   "training clip length); repeat for several")
+                   "training clip length), repeat for several; nerf: turntable frames (default: the run's "
+                   "nerf.turntable_frames)")
     s.add_argument("--sampler", default=None, metavar="SAMPLER",
                    help=f"{', '.join(samplers)} (default: the run's ldm.sampler)")
     s.add_argument("--steps", type=int, default=None,
@@ -104,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity, 0 = deterministic (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0, help="noise seed; sample i of a seed is always the same (default: %(default)s)")
     s.add_argument("--batch-size", type=int, default=16, help="latents sampled at once (default: %(default)s)")
+    s.add_argument("--radius", type=float, default=None,
+                   help="nerf: turntable camera distance from the centre (default: the run's nerf.turntable_radius)")
+    s.add_argument("--elevation", type=float, default=None,
+                   help="nerf: turntable camera elevation in degrees (default: the run's nerf.turntable_elevation)")
     s.add_argument("--interpolate", action="store_true",
                    help="write a strip of --num samples between the noises of seeds --seed and --seed+1")
     s.add_argument("--no-ema", action="store_true", help="use the online weights instead of the EMA")

@@ -69,6 +69,19 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
+def output_stems(paths: list[Path], *, folders_are_items: bool = False) -> list[str]:
+    """Names for the outputs of ``paths`` that never collide: the file stems (a folder's own name
+    with ``folders_are_items``), or ``<folder>_<stem>`` when stems repeat (ONet clouds are all
+    ``pointcloud.npz``), or ``<index>_...`` if that still repeats."""
+    paths = [Path(p) for p in paths]
+    stems = [p.name if folders_are_items and p.is_dir() else p.stem for p in paths]
+    if len(set(stems)) < len(stems):
+        stems = [f"{p.parent.name}_{s}" for p, s in zip(paths, stems)]
+    if len(set(stems)) < len(stems):
+        stems = [f"{i:04d}_{s}" for i, s in enumerate(stems)]
+    return stems
+
+
 def check_free(paths: list[Path], overwrite: bool) -> None:
     """Refuse to start when any of ``paths`` exists, unless ``overwrite`` (checked before any
     compute, so nothing is lost and no time is wasted)."""

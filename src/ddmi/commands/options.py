@@ -36,6 +36,25 @@ def check_options(args, *names: str) -> None:
         raise ConfigError(f"--eta must be >= 0, got {args.eta}")
 
 
+#: the domain-specific options of ``ddmi sample`` / ``ddmi reconstruct`` and their "not given" values
+DOMAIN_OPTIONS = {"frames": None, "views": None, "normalize": False, "radius": None, "elevation": None}
+
+
+def check_domain_options(args, domain, reads: tuple[str, ...], command: str) -> None:
+    """An option given to ``ddmi COMMAND`` that the run's domain does not read is an error (it
+    would be ignored silently)."""
+    for name, unset in DOMAIN_OPTIONS.items():
+        if hasattr(args, name) and getattr(args, name) != unset and name not in reads:
+            users = ", ".join(sorted(n for n in domains_reading(name, command))) or "no domain"
+            raise ConfigError(f"--{name} does not apply to {domain.name} runs (`ddmi {command} --{name}` is read by "
+                              f"{users})")
+
+
+def domains_reading(option: str, command: str) -> list[str]:
+    from ddmi import domains
+    return [n for n in domains.names() if option in getattr(domains.get(n), f"{command}_options", ())]
+
+
 def check_out_folder(path) -> None:
     """``--out`` / ``OUT_DIR`` must name a folder (or nothing yet): checked before any compute."""
     from pathlib import Path

@@ -4,8 +4,10 @@ run's domain reads and writes the files)."""
 from __future__ import annotations
 
 from ddmi import domains
-from ddmi.commands.options import check_options, check_out_folder, device_option, log, torch_threads
+from ddmi.commands.options import (check_domain_options, check_options, check_out_folder, device_option, log,
+                                   torch_threads)
 from ddmi.devices import default_device
+from ddmi.files import check_free
 from ddmi.runs import load_autoencoder
 
 
@@ -15,4 +17,8 @@ def run(args) -> int:
     device = device_option(args) or default_device()
     torch_threads()
     ae = load_autoencoder(args.run_dir, device=device)
-    return domains.get(ae.config.domain).reconstruct(args, ae, log)
+    domain = domains.get(ae.config.domain)
+    check_domain_options(args, domain, domain.reconstruct_options, "reconstruct")
+    args.inputs = [str(p) for p in domain.reconstruct_inputs(args.inputs)]
+    check_free(domain.reconstruct_targets(args, ae), args.overwrite)
+    return domain.reconstruct(args, ae, log)

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from ddmi import checkpoint as ckpt
-from ddmi.commands.options import check_options, check_out_folder, device_option, log as log_line, torch_threads
+from ddmi.commands.options import (check_domain_options, check_options, check_out_folder, device_option,
+                                   log as log_line, torch_threads)
 from ddmi import domains
 from ddmi.devices import Shard
 from ddmi.errors import ConfigError
@@ -33,6 +34,7 @@ def sample_command(args, log=print) -> int:
     ae = load_autoencoder(run_dir, device=shard.device)
     diffusion = load_diffusion(run_dir, ae.latent_shape, ema=not args.no_ema, device=shard.device)
     domain = domains.get(cfg.domain)
+    check_domain_options(args, domain, domain.sample_options, "sample")
     sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     latest = ckpt.latest_checkpoint(run_dir)
     log(f"sampling from {run_dir} at step {int(latest.name.split('-')[1])} ({latest.name}, "

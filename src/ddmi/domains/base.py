@@ -30,6 +30,8 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset
 
+from ddmi.errors import DataError
+
 Log = Callable[[str], None]
 # ``generate(num) -> (batches, sampler, steps)``: this process's share of ``num`` latents sampled by
 # the run's EMA denoiser, ``batches`` yielding ``(start, z)``
@@ -127,6 +129,32 @@ class Domain:
         of the ``count`` samples (``shard``: :class:`ddmi.devices.Shard`, which gathers what the
         main process writes alone, such as grids). Returns a one-line summary."""
         raise NotImplementedError
+
+    #: file suffixes ``ddmi reconstruct`` reads (a folder among its inputs stands for these files in it)
+    input_suffixes: tuple[str, ...] = ()
+    #: options of ``ddmi sample`` / ``ddmi reconstruct`` this domain reads beyond the common ones
+    #: (``frames``, ``views``, ``normalize``, ...); any other such option given is an error
+    sample_options: tuple[str, ...] = ()
+    reconstruct_options: tuple[str, ...] = ()
+
+    def reconstruct_inputs(self, paths: list[Path]) -> list[Path]:
+        """``ddmi reconstruct``'s inputs with folders expanded to the files of
+        :attr:`input_suffixes` in them (recursively, sorted)."""
+        out = []
+        for p in map(Path, paths):
+            if p.is_dir():
+                found = sorted(f for f in p.rglob("*") if f.suffix.lower() in self.input_suffixes and f.is_file()
+                               and not any(part.startswith(".") for part in f.relative_to(p).parts))
+                if not found:
+                    raise DataError(f"{p} holds no {self.name} inputs ({', '.join(self.input_suffixes)})")
+                out += found
+            else:
+                out.append(p)
+        return out
+
+    def reconstruct_targets(self, args: argparse.Namespace, ae: nn.Module) -> list[Path]:
+        """Every file :meth:`reconstruct` would write (checked before any compute)."""
+        return []
 
     def reconstruct(self, args: argparse.Namespace, ae: nn.Module, log: Log) -> int:
         """``ddmi reconstruct``: encode ``args.inputs`` and write what they decode to."""

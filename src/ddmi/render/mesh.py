@@ -128,6 +128,28 @@ def read_ply(path) -> tuple[np.ndarray, np.ndarray]:
     return verts.copy(), rec["idx"].astype(np.int64)
 
 
+def read_obj(path) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices ``(V, 3)`` and triangles ``(F, 3)`` (0-based) of a Wavefront OBJ such as
+    :func:`write_obj` writes (``v`` and ``f`` lines; polygons are fanned into triangles,
+    ``f a/b/c`` index forms and negative indices are understood)."""
+    verts, faces = [], []
+    for line in Path(path).read_text(errors="replace").splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "v":
+            verts.append([float(x) for x in parts[1:4]])
+        elif parts[0] == "f":
+            idx = [int(p.split("/")[0]) for p in parts[1:]]
+            idx = [i - 1 if i > 0 else len(verts) + i for i in idx]
+            faces += [[idx[0], idx[k], idx[k + 1]] for k in range(1, len(idx) - 1)]
+    v = np.asarray(verts, np.float32).reshape(-1, 3)
+    f = np.asarray(faces, np.int64).reshape(-1, 3)
+    if len(f) and (f.min() < 0 or f.max() >= len(v)):
+        raise ValueError(f"face indices outside the {len(v)} vertices")
+    return v, f
+
+
 # ------------------------------------------------------------------------------------------
 # preview
 

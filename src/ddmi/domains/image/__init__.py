@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ddmi.data.images import ImageFolderDataset, save_grid
+from ddmi.data.images import IMAGE_EXTENSIONS, ImageFolderDataset, save_grid
 from ddmi.domains.base import Domain
 from ddmi.domains.image import evaluation, outputs
 from ddmi.domains.image import official as image_official
@@ -15,6 +15,7 @@ from ddmi.nn.discriminator import ScaleConditionedDiscriminator
 
 class ImageDomain(Domain):
     name = "image"
+    input_suffixes = IMAGE_EXTENSIONS
     section = "image"
     section_schema = ImageConfig
     description = "images: a folder of image files (nested folders allowed)"
@@ -54,6 +55,7 @@ class ImageDomain(Domain):
     sample_targets = staticmethod(outputs.sample_targets)
     sample_groups = staticmethod(outputs.sample_groups)
     write_samples = staticmethod(outputs.write_samples)
+    reconstruct_targets = staticmethod(outputs.reconstruct_targets)
     reconstruct = staticmethod(outputs.reconstruct)
     evaluate_run = staticmethod(evaluation.evaluate_run)
 

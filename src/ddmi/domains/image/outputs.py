@@ -6,10 +6,9 @@ from pathlib import Path
 
 import torch
 
-from ddmi.data.images import load_image, save_grid, save_image
+from ddmi.data.images import load_image, resize, save_grid, save_image
 from ddmi.devices import model_device
-from ddmi.data.images import resize
-from ddmi.files import check_free
+from ddmi.files import output_stems
 from ddmi.metrics.image_quality import psnr
 
 
@@ -20,7 +19,8 @@ def write_preview(ae, preview: torch.Tensor, path: Path) -> list[Path]:
     z = ae.encode(x).mode()
     rec1 = torch.nn.functional.interpolate(ae.render(z, r), scale_factor=2, mode="nearest")
     rec2 = ae.render(z, 2 * r)
-    save_grid(torch.cat([x, rec1, rec2]).cpu(), path, nrow=len(x))
+    save_grid(torch.cat([x, rec1, rec2]).cpu(), path, nrow=len(x),
+              row_labels=["input", f"rec {r}px", f"rec {2 * r}px"])
     return [path]
 
 
@@ -71,21 +71,26 @@ def write_samples(args, ae, batches, count: int, shard, log) -> str:
     return f"wrote {what} at {', '.join(f'{r}x{r}' for r in resolutions)} to {out}"
 
 
+def reconstruct_targets(args, ae) -> list[Path]:
+    out, res = Path(args.out), args.resolution or ae.resolution
+    return [out / f"{s}_rec{res}.png" for s in output_stems(args.inputs)] + [out / "reconstructions.png"]
+
+
 def reconstruct(args, ae, log) -> int:
     """Encode image files and render their reconstructions at ``--resolution``."""
     device = model_device(ae)
     out = Path(args.out)
     r = ae.resolution
     res = args.resolution or r
-    check_free([out / f"{Path(p).stem}_rec{res}.png" for p in args.inputs], args.overwrite)
     rows = []
-    for path in args.inputs:
+    for path, stem in zip(args.inputs, output_stems(args.inputs)):
         img = torch.from_numpy(load_image(path)).permute(2, 0, 1).float() / 127.5 - 1.0
         x = resize(img[None], r).to(device)
         with torch.inference_mode():
             rec = ae.render(ae.encode(x).mode(), res).cpu()
-        save_image(rec[0], out / f"{Path(path).stem}_rec{res}.png")
+        save_image(rec[0], out / f"{stem}_rec{res}.png")
         rows.append((resize(img[None], res)[0], rec[0]))
-    save_grid(torch.stack([t for pair in rows for t in pair]), out / "reconstructions.png", nrow=2)
+    save_grid(torch.stack([t for pair in rows for t in pair]), out / "reconstructions.png", nrow=2,
+              col_labels=["input", f"reconstruction ({res}px)"])
     log(f"wrote {len(rows)} reconstructions at {res}x{res} to {out} (+ reconstructions.png: input | output)")
     return 0

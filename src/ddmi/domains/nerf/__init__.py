@@ -12,6 +12,9 @@ from ddmi.vae.triplane_coords import PLANES
 
 class NeRFDomain(Domain):
     name = "nerf"
+    input_suffixes = (".npz",)
+    sample_options = ("frames", "radius", "elevation")
+    reconstruct_options = ("views",)
     section = "nerf"
     section_schema = NeRFConfig
     description = "NeRF: srn-cars objects (coloured point clouds + posed views), volume rendering"
@@ -80,6 +83,8 @@ class NeRFDomain(Domain):
     sample_targets = staticmethod(outputs.sample_targets)
     write_samples = staticmethod(outputs.write_samples)
     evaluate_run = staticmethod(outputs.evaluate_run)
+
+    reconstruct_targets = staticmethod(outputs.reconstruct_targets)
 
     def reconstruct(self, args, ae, log):
         return outputs.reconstruct_nerf_command(ae, args, log=log)

@@ -19,7 +19,8 @@ from omegaconf import DictConfig
 
 from ddmi.data.images import tile
 from ddmi.data.images import to_uint8 as pixels_uint8
-from ddmi.errors import DataError, DDMIError
+from ddmi.errors import DataError
+from ddmi.files import output_stems
 from ddmi.render.video import write_gif
 from ddmi.render.volume import SRN_FOV, focal_from_fov, render_views, turntable_poses
 
@@ -35,10 +36,13 @@ def render_latents(ae, z: torch.Tensor, poses: torch.Tensor, resolution: int) ->
                         **ae.render_kwargs(train=False))
 
 
-def turntable(ae, n: int | None = None) -> torch.Tensor:
+def turntable(ae, n: int | None = None, *, radius: float | None = None,
+              elevation: float | None = None) -> torch.Tensor:
+    """``n`` camera poses around the object (default ``nerf.turntable_frames``) at ``radius``
+    (world units) and ``elevation`` (degrees above the horizon); the run's config by default."""
     nc = ae.nerf
-    return turntable_poses(n or nc.turntable_frames, radius=nc.turntable_radius,
-                           elevation=math.radians(nc.turntable_elevation))
+    return turntable_poses(n or nc.turntable_frames, radius=radius or nc.turntable_radius,
+                           elevation=math.radians(nc.turntable_elevation if elevation is None else elevation))
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -147,7 +151,8 @@ def write_samples(args, ae, batches, count: int, shard, log) -> str:
     from ddmi.render.mesh import write_png
     out, stems = Path(args.out), _stems(args, count)
     resolutions = list(stems)
-    poses = turntable(ae)
+    frames = args.frames[0] if getattr(args, "frames", None) else None
+    poses = turntable(ae, frames, radius=getattr(args, "radius", None), elevation=getattr(args, "elevation", None))
     rows = {r: [] for r in resolutions}
     for i0, z in batches:
         for r in resolutions:
@@ -168,6 +173,15 @@ def write_samples(args, ae, batches, count: int, shard, log) -> str:
             f"{', '.join(f'{r}x{r}' for r in resolutions)} to {out}")
 
 
+def reconstruct_targets(args, ae) -> list[Path]:
+    """The files ``ddmi reconstruct`` writes for a NeRF run (its per-view renders by pattern:
+    their numbers depend on each object's views)."""
+    out = Path(args.out)
+    stems = output_stems(args.inputs)
+    views = [p for s in stems for p in sorted(out.glob(f"{s}_view*.png"))] if out.is_dir() else []
+    return [out / f"{s}_compare.png" for s in stems] + [out / "psnr.json"] + views
+
+
 def reconstruct_nerf_command(ae, args, log=print) -> int:
     """``ddmi reconstruct`` for a NeRF run: srn-cars ``.npz`` objects -> their encoded point
     clouds -> renders of ``--views`` of their views, with PSNR / SSIM against the images (on the
@@ -179,13 +193,7 @@ def reconstruct_nerf_command(ae, args, log=print) -> int:
     out = Path(args.out)
     nviews = getattr(args, "views", None) or 8
     results = {}
-    stems = [Path(p).stem for p in args.inputs]
-    if len(set(stems)) < len(stems):
-        stems = [f"{i:04d}_{s}" for i, s in enumerate(stems)]
-    if not args.overwrite:
-        taken = [out / f"{s}_compare.png" for s in stems if (out / f"{s}_compare.png").exists()]
-        if taken:
-            raise DDMIError(f"{taken[0]} exists (pass --overwrite to replace it)")
+    stems = output_stems(args.inputs)
     nc = ae.nerf
     for path, stem in zip(args.inputs, stems):
         s = read_scene(path)

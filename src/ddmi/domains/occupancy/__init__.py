@@ -24,6 +24,8 @@ def _shapes(cfg, root, split: str, *, num_queries: int | None = None) -> ShapesD
 
 class OccupancyDomain(Domain):
     name = "occupancy"
+    input_suffixes = meshes.POINT_SUFFIXES
+    reconstruct_options = ("normalize",)
     section = "shapes"
     section_schema = ShapesConfig
     synth_name = "shapes"
@@ -91,6 +93,8 @@ class OccupancyDomain(Domain):
     sample_targets = staticmethod(meshes.sample_targets)
     write_samples = staticmethod(meshes.write_samples)
     evaluate_run = staticmethod(evaluation.evaluate_run)
+
+    reconstruct_targets = staticmethod(meshes.reconstruct_targets)
 
     def reconstruct(self, args, ae, log):
         return meshes.reconstruct_shapes_command(ae, args, log=log)

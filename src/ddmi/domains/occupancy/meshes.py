@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from ddmi.data.images import tile
+from ddmi.data.npz import load_npy
 from ddmi.errors import ConfigError, DataError
 from ddmi.fields import Field, pixel_centers
+from ddmi.files import output_stems
 from ddmi.render import mesh as meshio
 
 Mesh = tuple[np.ndarray, np.ndarray]   # (vertices (V, 3) float32 world frame, faces (F, 3) int64)
@@ -145,17 +147,24 @@ def write_samples(args, ae, batches, count: int, shard, log) -> str:
     return f"wrote {count} meshes (PLY + OBJ + PNG) at {', '.join(f'{r}^3' for r in resolutions)} to {out}"
 
 
+MESH_POINTS = 100_000       # surface points drawn from a mesh input (ONet's pointcloud.npz holds 100k)
+POINT_SUFFIXES = (".npz", ".npy", ".ply", ".obj", ".xyz", ".txt")
+
+
 def load_point_cloud(path: Path) -> np.ndarray:
-    """Points ``(N, 3)`` of a ``.npz`` (array ``points``), ``.npy``, ``.ply`` (ddmi's) or text file."""
+    """Points ``(N, 3)`` of a ``.npz`` (array ``points``), ``.npy``, text file, or a mesh that
+    ddmi writes (``.ply``, ``.obj``: :data:`MESH_POINTS` points sampled uniformly on its surface)."""
     path = Path(path)
     try:
         if path.suffix == ".npz":
             from ddmi.data.shapes import read_pointcloud_npz
             return read_pointcloud_npz(path)
         if path.suffix == ".npy":
-            pts = np.load(path, allow_pickle=False)
-        elif path.suffix == ".ply":
-            pts = meshio.read_ply(path)[0]
+            pts = load_npy(path)
+        elif path.suffix in (".ply", ".obj"):
+            verts, faces = (meshio.read_ply if path.suffix == ".ply" else meshio.read_obj)(path)
+            pts = meshio.sample_mesh_surface(verts, faces, MESH_POINTS, np.random.default_rng(0))[0] \
+                if len(faces) else verts
         else:
             pts = np.loadtxt(path, ndmin=2)[:, :3]
     except DataError:
@@ -168,15 +177,11 @@ def load_point_cloud(path: Path) -> np.ndarray:
     return pts
 
 
-def _unique_stems(paths: list[Path], suffix: str) -> list[str]:
-    """Output names: the file stems, or ``<folder>_<stem>`` when stems repeat (ONet clouds are all
-    ``pointcloud.npz``), or ``<index>_...`` if that still repeats."""
-    stems = [p.stem for p in paths]
-    if len(set(stems)) < len(stems):
-        stems = [f"{p.parent.name}_{p.stem}" for p in paths]
-    if len(set(stems)) < len(stems):
-        stems = [f"{i:04d}_{s}" for i, s in enumerate(stems)]
-    return [s + suffix for s in stems]
+def reconstruct_targets(args, ae) -> list[Path]:
+    """Every file ``ddmi reconstruct`` writes for a shapes run (checked before any compute)."""
+    out, res = Path(args.out), args.resolution or 128
+    return [out / f"{s}_rec{res}.{e}" for s in output_stems(args.inputs) for e in ("ply", "obj", "png")] \
+        + [out / "reconstructions.png"]
 
 
 def reconstruct_shapes_command(ae, args, log=print) -> int:
@@ -186,12 +191,7 @@ def reconstruct_shapes_command(ae, args, log=print) -> int:
     out = Path(args.out)
     res = args.resolution or 128
     rng = np.random.default_rng(0)
-    stems = _unique_stems([Path(p) for p in args.inputs], f"_rec{res}")
-    if not args.overwrite:
-        taken = [out / f"{s}.{e}" for s in stems for e in ("ply", "obj", "png") if (out / f"{s}.{e}").exists()]
-        if taken:
-            from ddmi.errors import DDMIError
-            raise DDMIError(f"{taken[0]} exists (pass --overwrite to replace it)")
+    stems = [f"{s}_rec{res}" for s in output_stems(args.inputs)]
     meshes = []
     for path in args.inputs:
         pts = load_point_cloud(Path(path))

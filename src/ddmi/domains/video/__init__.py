@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ddmi.data.videos import VideoFolderDataset
+from ddmi.data.videos import VIDEO_EXTENSIONS, VideoFolderDataset
 from ddmi.domains.base import Domain, unet_arguments
 from ddmi.domains.video import outputs
 from ddmi.domains.video.config import VideoConfig
@@ -25,6 +25,9 @@ def _clips(cfg, root, split: str, *, skip_bad: bool, log=print) -> VideoFolderDa
 
 class VideoDomain(Domain):
     name = "video"
+    input_suffixes = VIDEO_EXTENSIONS
+    sample_options = ("frames",)
+    reconstruct_options = ("frames",)
     section = "video"
     section_schema = VideoConfig
     description = "video: frame folders or video files; clips at any size and frame count"
@@ -116,6 +119,26 @@ class VideoDomain(Domain):
     sample_targets = staticmethod(outputs.sample_targets)
     write_samples = staticmethod(outputs.write_samples)
     evaluate_run = staticmethod(outputs.evaluate_run)
+
+    def reconstruct_inputs(self, paths):
+        """A frame folder (images directly in it) is one input; any other folder stands for the
+        video files and frame folders in it."""
+        from ddmi.data.images import IMAGE_EXTENSIONS
+        out = []
+        for p in map(Path, paths):
+            frames = p.is_dir() and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in p.iterdir())
+            if p.is_dir() and not frames:
+                found = sorted(f for f in p.iterdir() if not f.name.startswith(".") and (
+                    f.suffix.lower() in VIDEO_EXTENSIONS or (f.is_dir() and any(
+                        g.suffix.lower() in IMAGE_EXTENSIONS for g in f.iterdir()))))
+                if not found:
+                    raise DataError(f"{p} holds no videos or frame folders")
+                out += found
+            else:
+                out.append(p)
+        return out
+
+    reconstruct_targets = staticmethod(outputs.reconstruct_targets)
 
     def reconstruct(self, args, ae, log):
         return outputs.reconstruct_videos_command(ae, args, log=log)

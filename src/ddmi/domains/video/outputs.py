@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ddmi.files import output_stems
 from ddmi.render import video as vio
 
 
@@ -85,20 +86,24 @@ def write_samples(args, ae, batches, count: int, shard, log) -> str:
             f"{', '.join(f'{r}x{r}, {f} frames' for r, f in sizes)} to {out}")
 
 
+def reconstruct_targets(args, ae) -> list[Path]:
+    """Every file ``ddmi reconstruct`` writes for a video run (checked before any compute)."""
+    out, sizes = Path(args.out), _sizes(args, ae)
+    kinds = ("gif", "mp4") if have_mp4() else ("gif",)
+    return ([out / f"{s}_rec{r}x{f}.{k}" for s in output_stems(args.inputs, folders_are_items=True)
+             for r, f in sizes for k in kinds]
+            + [out / f"reconstructions_{r}x{f}.png" for r, f in sizes] + [out / "inputs.png"])
+
+
 def reconstruct_videos_command(ae, args, log=print) -> int:
     """``ddmi reconstruct`` for a video run: video files or frame folders -> reconstructed clips
     (the first ``video.frames`` frames of each input) at ``--resolution`` and ``--frames``, on the
     autoencoder's device."""
     from ddmi.data.videos import load_clip
     from ddmi.devices import model_device
-    from ddmi.files import check_free
     out = Path(args.out)
     sizes = _sizes(args, ae)
-    stems = []
-    for p in args.inputs:
-        name = Path(p).name if Path(p).is_dir() else Path(p).stem
-        stems.append(name if name not in stems else f"{len(stems):04d}_{name}")
-    check_free([out / f"{s}_rec{r}x{f}.gif" for s in stems for r, f in sizes], args.overwrite)
+    stems = output_stems(args.inputs, folders_are_items=True)
     clips = torch.stack([load_clip(p, ae.frames, ae.resolution) for p in args.inputs])
     with torch.inference_mode():
         z = ae.encode(clips.to(model_device(ae))).mode()
