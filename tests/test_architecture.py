@@ -180,6 +180,7 @@ class SignalDomain(Domain):
     description = "1-D signals of 64 samples (a test domain)"
     section = "signal"
     section_schema = SignalConfig
+    command_options = {"sample": {"gain": {"type": float, "help": "multiply the written signals"}}}
 
     def validate(self, cfg, check):
         check(cfg.signal.length == 64, "signal.length", "this toy autoencoder reads 64 samples")
@@ -200,7 +201,7 @@ class SignalDomain(Domain):
         Path(args.out).mkdir(parents=True, exist_ok=True)
         for i, z in batches:
             for j, signal in enumerate(ae.decode(z).cpu().numpy()):
-                np.save(Path(args.out) / f"signal_{i + j:05d}.npy", signal)
+                np.save(Path(args.out) / f"signal_{i + j:05d}.npy", signal * (args.gain or 1.0))
         return f"wrote {count} signals to {args.out}"
 
 
@@ -220,7 +221,7 @@ def test_a_domain_registered_from_outside_trains_both_stages_and_samples(tmp_pat
     assert main(["train", "ldm", *common, f"vae={tmp_path / 'vae'}", f"run_dir={tmp_path / 'ldm'}",
                  "train.steps=3", "train.batch_size=4", "ldm.ema_after=1"]) == 0
     assert main(["sample", str(tmp_path / "ldm"), "--num", "3", "--steps", "2", "--out",
-                 str(tmp_path / "out"), "--device", "cpu"]) == 0
+                 str(tmp_path / "out"), "--device", "cpu", "--gain", "2"]) == 0     # the domain's own option
     signals = [np.load(p) for p in sorted((tmp_path / "out").glob("signal_*.npy"))]
     assert len(signals) == 3 and all(s.shape == (64,) and np.isfinite(s).all() for s in signals)
     assert "signal:\n  length: 64" in (tmp_path / "ldm" / "config.yaml").read_text()

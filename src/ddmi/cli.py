@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from ddmi.domains.base import Domain
 from ddmi.errors import DDMIError
 
 COMMANDS = {"info": "ddmi.commands.info", "synth": "ddmi.commands.synth", "train": "ddmi.commands.train",
@@ -22,10 +23,34 @@ def _run(args) -> int:
     return importlib.import_module(COMMANDS[args.command]).run(args)
 
 
+def domain_options(command: str) -> dict[str, dict]:
+    """The union of the domains' options of ``command`` (:attr:`Domain.command_options`), each
+    help text prefixed with the domains that read it."""
+    from ddmi import domains
+    merged: dict[str, dict] = {}
+    for name in domains.names():
+        domain = domains.get(name)
+        label = getattr(domain, "synth_name", None) or name if command == "synth" else name
+        for option, spec in domain.command_options.get(command, {}).items():
+            if option in merged:
+                merged[option]["help"] += f"; {label}: {spec['help']}"
+            else:
+                merged[option] = {**spec, "help": f"{label}: {spec['help']}"}
+    return merged
+
+
+def add_domain_options(parser: argparse.ArgumentParser, command: str) -> None:
+    for option, spec in domain_options(command).items():
+        parser.add_argument(f"--{option}", **({} if spec.get("action") == "store_true" else {"default": None}), **spec)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ddmi import domains
     from ddmi.diffusion import SAMPLERS          # the samplers are listed once, there
     from ddmi.preset_files import preset_table
     samplers = list(SAMPLERS)
+    synth_kinds = [getattr(domains.get(n), "synth_name", None) or n for n in domains.names()
+                   if type(domains.get(n)).synthesize is not Domain.synthesize]
     p = argparse.ArgumentParser(prog="ddmi", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -39,27 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_run)
 
     s = sub.add_parser("synth", help="write a synthetic dataset")
-    s.add_argument("kind", choices=["image", "shapes", "nerf", "video"], help="which domain's data")
+    s.add_argument("kind", choices=synth_kinds, help="which domain's data")
     s.add_argument("out_dir", help="folder to write (OUT/train, OUT/test or val, per the domain's layout)")
     s.add_argument("--num", type=int, default=1000, help="training items to write (default: %(default)s)")
-    s.add_argument("--resolution", type=int, default=64, help="image / frame / view size in pixels (default: %(default)s)")
+    s.add_argument("--resolution", type=int, default=64,
+                   help="image / frame / view size in pixels (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0, help="random seed of the dataset (default: %(default)s)")
     s.add_argument("--test", type=int, default=0,
                    help="also write this many test items (video: val videos, default num // 8, at least 1)")
-    s.add_argument("--style", choices=["scenes", "simple"], default="scenes",
-                   help="image: 'scenes' (1-3 textured shapes with shadows on a gradient) or 'simple' "
-                   "(one flat shape on a flat background; the demo's data)")
-    s.add_argument("--frames", type=int, default=16, help="video: frames per video")
-    s.add_argument("--points", type=int, default=None,
-                   help="shapes: query points and surface points per shape (default 30k; ONet's files hold "
-                   "100k; training draws 2048 + 3000 per step); nerf: coloured points per object (default 2048)")
-    s.add_argument("--views", type=int, default=50, help="nerf: posed views per object (rendered at --resolution)")
+    add_domain_options(s, "synth")
     s.add_argument("--overwrite", action="store_true", help="replace an earlier synthetic dataset in OUT_DIR")
     s.set_defaults(func=_run)
 
     s = sub.add_parser("train", help="train stage 1 (vae) or stage 2 (ldm); re-run to resume",
                        epilog="presets:\n" + preset_table() + "\n\nexample: ddmi train vae image-tiny "
-                       "data.dir=data/shapes/train run_dir=runs/vae", formatter_class=argparse.RawDescriptionHelpFormatter)
+                       "data.dir=data/shapes/train run_dir=runs/vae",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("stage", choices=["vae", "ldm"], help="vae: the D2C-VAE (stage 1); ldm: the latent diffusion model")
     s.add_argument("config", help="preset name (see below) or YAML path")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.dir=DIR run_dir=DIR train.steps=N "
@@ -76,12 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--resolution", type=int, default=None,
                    help="render size (meshes: grid resolution; default: the training resolution)")
-    s.add_argument("--views", type=int, default=None,
-                   help="nerf: how many of each object's views to render (evenly spaced), with PSNR")
-    s.add_argument("--frames", type=int, action="append", default=None,
-                   help="video: frame count to render (continuous time; default the training clip length)")
-    s.add_argument("--normalize", action="store_true",
-                   help="shapes: centre each point cloud and scale its longest side to 1 first")
+    add_domain_options(s, "reconstruct")
     s.add_argument("--device", default=None,
                    help="torch device to run on, e.g. cuda, cuda:1, cpu (default: cuda when available, "
                    "else cpu)")
@@ -94,21 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--resolution", type=int, action="append", default=None,
                    help="render size, or mesh grid resolution for shapes (default 128); repeat for several")
-    s.add_argument("--frames", type=int, action="append", default=None,
-                   help="video: frame count to render (continuous time: any count, e.g. 2x the "
-                   "training clip length), repeat for several; nerf: turntable frames (default: the run's "
-                   "nerf.turntable_frames)")
+    add_domain_options(s, "sample")
     s.add_argument("--sampler", default=None, metavar="SAMPLER",
                    help=f"{', '.join(samplers)} (default: the run's ldm.sampler)")
     s.add_argument("--steps", type=int, default=None,
                    help="sampling steps (default: the run's ldm.sample_steps for its sampler)")
-    s.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity, 0 = deterministic (default: %(default)s)")
-    s.add_argument("--seed", type=int, default=0, help="noise seed; sample i of a seed is always the same (default: %(default)s)")
+    s.add_argument("--eta", type=float, default=0.0,
+                   help="DDIM stochasticity, 0 = deterministic (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="noise seed; sample i of a seed is always the same (default: %(default)s)")
     s.add_argument("--batch-size", type=int, default=16, help="latents sampled at once (default: %(default)s)")
-    s.add_argument("--radius", type=float, default=None,
-                   help="nerf: turntable camera distance from the centre (default: the run's nerf.turntable_radius)")
-    s.add_argument("--elevation", type=float, default=None,
-                   help="nerf: turntable camera elevation in degrees (default: the run's nerf.turntable_elevation)")
     s.add_argument("--interpolate", action="store_true",
                    help="write a strip of --num samples between the noises of seeds --seed and --seed+1")
     s.add_argument("--no-ema", action="store_true", help="use the online weights instead of the EMA")

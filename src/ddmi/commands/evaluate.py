@@ -135,7 +135,8 @@ def sample_groups(path: Path, scratch: Path) -> dict[str, Path]:
 
 def _print_table(results: dict, log) -> None:
     shown = {k: v for k, v in results.items() if k != "not_computed"}
-    shown.update({name: f"not computed ({reason.split(':')[0]})" for name, reason in results.get("not_computed", {}).items()})
+    for name, reason in results.get("not_computed", {}).items():
+        shown[name] = f"not computed ({reason.split(':')[0]})"
     width = max(len(k) for k in shown)
     for k, v in shown.items():
         value = f"{v:.4f}" if isinstance(v, float) else str(v)

@@ -36,23 +36,17 @@ def check_options(args, *names: str) -> None:
         raise ConfigError(f"--eta must be >= 0, got {args.eta}")
 
 
-#: the domain-specific options of ``ddmi sample`` / ``ddmi reconstruct`` and their "not given" values
-DOMAIN_OPTIONS = {"frames": None, "views": None, "normalize": False, "radius": None, "elevation": None}
-
-
-def check_domain_options(args, domain, reads: tuple[str, ...], command: str) -> None:
-    """An option given to ``ddmi COMMAND`` that the run's domain does not read is an error (it
-    would be ignored silently)."""
-    for name, unset in DOMAIN_OPTIONS.items():
-        if hasattr(args, name) and getattr(args, name) != unset and name not in reads:
-            users = ", ".join(sorted(n for n in domains_reading(name, command))) or "no domain"
-            raise ConfigError(f"--{name} does not apply to {domain.name} runs (`ddmi {command} --{name}` is read by "
-                              f"{users})")
-
-
-def domains_reading(option: str, command: str) -> list[str]:
+def check_domain_options(args, domain, command: str) -> None:
+    """An option of ``ddmi COMMAND`` that only some domains read (:attr:`Domain.command_options`),
+    given for a run of a domain that does not read it, is an error (it would be ignored)."""
     from ddmi import domains
-    return [n for n in domains.names() if option in getattr(domains.get(n), f"{command}_options", ())]
+    reads = domain.command_options.get(command, {})
+    for name in domains.names():
+        for option in domains.get(name).command_options.get(command, {}):
+            if option not in reads and getattr(args, option, None) not in (None, False):
+                users = sorted(n for n in domains.names() if option in domains.get(n).command_options.get(command, {}))
+                raise ConfigError(f"--{option} does not apply to {domain.name} runs (`ddmi {command} --{option}` is "
+                                  f"read by {', '.join(users)} runs)")
 
 
 def check_out_folder(path) -> None:

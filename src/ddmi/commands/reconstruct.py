@@ -18,7 +18,7 @@ def run(args) -> int:
     torch_threads()
     ae = load_autoencoder(args.run_dir, device=device)
     domain = domains.get(ae.config.domain)
-    check_domain_options(args, domain, domain.reconstruct_options, "reconstruct")
+    check_domain_options(args, domain, "reconstruct")
     args.inputs = [str(p) for p in domain.reconstruct_inputs(args.inputs)]
     check_free(domain.reconstruct_targets(args, ae), args.overwrite)
     return domain.reconstruct(args, ae, log)

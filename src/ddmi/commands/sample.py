@@ -34,7 +34,7 @@ def sample_command(args, log=print) -> int:
     ae = load_autoencoder(run_dir, device=shard.device)
     diffusion = load_diffusion(run_dir, ae.latent_shape, ema=not args.no_ema, device=shard.device)
     domain = domains.get(cfg.domain)
-    check_domain_options(args, domain, domain.sample_options, "sample")
+    check_domain_options(args, domain, "sample")
     sampler, steps, noises = sampling_plan(args, cfg, ae.latent_shape)
     latest = ckpt.latest_checkpoint(run_dir)
     log(f"sampling from {run_dir} at step {int(latest.name.split('-')[1])} ({latest.name}, "

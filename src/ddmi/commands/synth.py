@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ddmi import domains
-from ddmi.commands.options import check_out_folder, log
+from ddmi.commands.options import check_domain_options, check_out_folder, log
 from ddmi.files import atomic_write_text
 
 MANIFEST = ".ddmi-synth.json"    # the files `ddmi synth` wrote here: the only ones it ever deletes
@@ -31,8 +31,10 @@ def _previous(out: Path) -> list[Path]:
 def run(args) -> int:
     out = Path(args.out_dir)
     check_out_folder(out)
+    domain = domains.get(domain_of(args.kind))
+    check_domain_options(args, domain, "synth")
     before = _previous(out) if args.overwrite else []
-    paths = [Path(p) for p in domains.get(domain_of(args.kind)).synthesize(args.out_dir, args)]
+    paths = [Path(p) for p in domain.synthesize(args.out_dir, args)]
     written = {p.resolve() for p in paths}
     stale = [p for p in before if p.resolve() not in written and p.is_file() and not p.is_symlink()]
     for p in stale:                # an earlier, larger dataset of ours: without them it is this one

@@ -108,8 +108,12 @@ class Domain:
         return []
 
     # --- commands -------------------------------------------------------------------------
-    def add_sample_options(self, parser: argparse.ArgumentParser) -> None:
-        """Options of ``ddmi sample`` that only this domain reads."""
+    #: the options of ``ddmi synth`` / ``sample`` / ``reconstruct`` that this domain reads beyond
+    #: the common ones: ``{command: {name: argparse keywords}}`` (e.g. ``{"sample": {"frames":
+    #: {"type": int, "action": "append", "help": "..."}}}``). The parser offers the union over
+    #: all domains (an option's default is None, or False for a flag); an option given on a run
+    #: of a domain that does not read it is an error.
+    command_options: dict[str, dict[str, dict]] = {}
 
     def sample_targets(self, args: argparse.Namespace, ae: nn.Module, count: int) -> list[Path]:
         """Every file :meth:`write_samples` would write for ``count`` samples (checked before any
@@ -132,10 +136,6 @@ class Domain:
 
     #: file suffixes ``ddmi reconstruct`` reads (a folder among its inputs stands for these files in it)
     input_suffixes: tuple[str, ...] = ()
-    #: options of ``ddmi sample`` / ``ddmi reconstruct`` this domain reads beyond the common ones
-    #: (``frames``, ``views``, ``normalize``, ...); any other such option given is an error
-    sample_options: tuple[str, ...] = ()
-    reconstruct_options: tuple[str, ...] = ()
 
     def reconstruct_inputs(self, paths: list[Path]) -> list[Path]:
         """``ddmi reconstruct``'s inputs with folders expanded to the files of

@@ -16,6 +16,9 @@ from ddmi.nn.discriminator import ScaleConditionedDiscriminator
 class ImageDomain(Domain):
     name = "image"
     input_suffixes = IMAGE_EXTENSIONS
+    command_options = {"synth": {"style": {"choices": ["scenes", "simple"], "help": "'scenes' (1-3 textured "
+                                           "shapes with shadows on a gradient, the default) or 'simple' (one flat "
+                                           "shape on a flat background; the demo's data)"}}}
     section = "image"
     section_schema = ImageConfig
     description = "images: a folder of image files (nested folders allowed)"
@@ -78,4 +81,4 @@ class ImageDomain(Domain):
     def synthesize(self, out, args):
         from ddmi.data.synthetic import synth_images
         return synth_images(out, num=args.num, resolution=args.resolution, seed=args.seed,
-                            overwrite=args.overwrite, split_test=args.test, style=args.style)
+                            overwrite=args.overwrite, split_test=args.test, style=args.style or "scenes")

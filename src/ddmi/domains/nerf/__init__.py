@@ -13,8 +13,18 @@ from ddmi.vae.triplane_coords import PLANES
 class NeRFDomain(Domain):
     name = "nerf"
     input_suffixes = (".npz",)
-    sample_options = ("frames", "radius", "elevation")
-    reconstruct_options = ("views",)
+    command_options = {
+        "synth": {"views": {"type": int, "help": "posed views per object, rendered at --resolution (default 50)"},
+                  "points": {"type": int, "help": "coloured points per object (default 2048)"}},
+        "sample": {"frames": {"type": int, "action": "append",
+                              "help": "turntable frames (default: the run's nerf.turntable_frames)"},
+                   "radius": {"type": float, "help": "turntable camera distance from the centre "
+                              "(default: the run's nerf.turntable_radius)"},
+                   "elevation": {"type": float, "help": "turntable camera elevation in degrees "
+                                 "(default: the run's nerf.turntable_elevation)"}},
+        "reconstruct": {"views": {"type": int, "help": "how many of each object's views to render, evenly "
+                                  "spaced, with PSNR (default 8)"}},
+    }
     section = "nerf"
     section_schema = NeRFConfig
     description = "NeRF: srn-cars objects (coloured point clouds + posed views), volume rendering"
@@ -92,7 +102,7 @@ class NeRFDomain(Domain):
     def synthesize(self, out, args):
         from ddmi.data.synthetic_nerf import synth_nerf
         return synth_nerf(out, num=args.num, seed=args.seed, overwrite=args.overwrite, split_test=args.test,
-                          resolution=args.resolution, views=args.views,
+                          resolution=args.resolution, views=args.views or 50,
                           num_points=2048 if args.points is None else args.points)
 
 

@@ -25,7 +25,12 @@ def _shapes(cfg, root, split: str, *, num_queries: int | None = None) -> ShapesD
 class OccupancyDomain(Domain):
     name = "occupancy"
     input_suffixes = meshes.POINT_SUFFIXES
-    reconstruct_options = ("normalize",)
+    command_options = {
+        "synth": {"points": {"type": int, "help": "query points and surface points per shape (default 30k; ONet's "
+                             "files hold 100k; training draws 2048 + 3000 per step)"}},
+        "reconstruct": {"normalize": {"action": "store_true", "help": "centre each point cloud and scale its "
+                                      "longest side to 1 first"}},
+    }
     section = "shapes"
     section_schema = ShapesConfig
     synth_name = "shapes"

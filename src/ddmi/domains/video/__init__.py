@@ -26,8 +26,13 @@ def _clips(cfg, root, split: str, *, skip_bad: bool, log=print) -> VideoFolderDa
 class VideoDomain(Domain):
     name = "video"
     input_suffixes = VIDEO_EXTENSIONS
-    sample_options = ("frames",)
-    reconstruct_options = ("frames",)
+    command_options = {
+        "synth": {"frames": {"type": int, "help": "frames per video (default 16)"}},
+        "sample": {"frames": {"type": int, "action": "append", "help": "frame count to render (continuous time: any "
+                              "count, e.g. 2x the training clip length); repeat for several"}},
+        "reconstruct": {"frames": {"type": int, "action": "append",
+                                   "help": "frame count to render (default: the training clip length)"}},
+    }
     section = "video"
     section_schema = VideoConfig
     description = "video: frame folders or video files; clips at any size and frame count"
@@ -145,5 +150,5 @@ class VideoDomain(Domain):
 
     def synthesize(self, out, args):
         from ddmi.data.synthetic_videos import synth_videos
-        return synth_videos(out, num=args.num, frames=args.frames, resolution=args.resolution, seed=args.seed,
+        return synth_videos(out, num=args.num, frames=args.frames or 16, resolution=args.resolution, seed=args.seed,
                             overwrite=args.overwrite, split_val=args.test or None)
