@@ -237,10 +237,7 @@ class _LDMForward(nn.Module):
         view = rand["view"].clamp(max=stats.shape[1] - 1)
         stats = stats[torch.arange(len(stats), device=stats.device), view]
         z0 = stats[:, 0] + stats[:, 1] * rand["posterior_noise"]          # posterior sample
-        d = self.diffusion
-        x0 = d.normalize(z0)
-        x_t = d.q_sample(x0, rand["t"], rand["eps"])
-        loss = (d.predict_eps(x_t, rand["t"]).float() - rand["eps"]).square().mean()
+        loss = self.diffusion.p_loss(self.diffusion.normalize(z0), rand["t"], rand["eps"])
         return loss, {"loss": loss.detach()}
 
 
@@ -344,8 +341,7 @@ class LDMTask(Task):
         total = 0.0
         for i in range(0, len(t), 16):
             part = slice(i, i + 16)
-            x_t = d.q_sample(d.normalize(z0[part]), t[part], eps[part])
-            total += float((d.predict_eps(x_t, t[part]).float() - eps[part]).square().mean()) * len(t[part])
+            total += float(d.p_loss(d.normalize(z0[part]), t[part], eps[part])) * len(t[part])
         return {"ema_loss": total / len(t)}
 
 
