@@ -129,3 +129,40 @@ def test_fuzzed_point_cloud_folders(tmp_path_factory, data):
     except DataError as exc:
         assert str(path) in str(exc) and "\n" not in str(exc)
     assert time.perf_counter() - t0 < 5
+
+
+def test_a_frame_folder_with_a_numbering_gap_or_a_dangling_link_warns(tmp_path):
+    from PIL import Image
+
+    from ddmi.data.videos import find_videos
+    clip = tmp_path / "train" / "v"
+    clip.mkdir(parents=True)
+    for i in (0, 1, 2, 4):                       # frame 3 is missing
+        Image.new("RGB", (4, 4)).save(clip / f"frame_{i:04d}.png")
+    (clip / "frame_0005.png").symlink_to(tmp_path / "gone.png")
+    with pytest.warns(RuntimeWarning) as record:
+        videos = find_videos(tmp_path / "train")
+    text = " ".join(str(w.message) for w in record)
+    assert "skip from 2 to 4" in text and "link to a missing file" in text and "frame_0005" in text
+    assert len(videos[0][1]) == 4
+
+
+def test_a_mirrored_camera_pose_is_rejected(tmp_path):
+    from ddmi.data.srn import read_scene, write_scene
+    poses = np.tile(np.eye(4, dtype=np.float32), (2, 1, 1))
+    poses[1, 0, 0] = -1.0                          # orthonormal, determinant -1: a reflection
+    path = write_scene(tmp_path / "car.npz", np.zeros((2, 4, 4, 3)), poses, np.zeros((16, 6), np.float32))
+    with pytest.raises(DataError, match="not a reflection"):
+        read_scene(path)
+
+
+def test_shapes_far_outside_the_unit_cube_warn(tmp_path):
+    from ddmi.data.shapes import ShapesDataset, write_pointcloud_npz, write_points_npz
+    model = tmp_path / "02691156" / "m0"
+    model.mkdir(parents=True)
+    pts = np.random.default_rng(0).uniform(-40, 40, (256, 3)).astype(np.float32)   # not normalised
+    write_pointcloud_npz(model / "pointcloud.npz", pts, pts)
+    write_points_npz(model / "points.npz", pts, np.zeros(256, bool))
+    ds = ShapesDataset(tmp_path, split="train", num_points=64, num_queries=64)
+    with pytest.warns(RuntimeWarning, match="far outside the unit cube"):
+        ds[0]

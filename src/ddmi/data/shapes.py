@@ -26,6 +26,7 @@ plain ``i`` gives one fixed draw per item (for caches and previews).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -164,6 +165,9 @@ def split_item(batch: torch.Tensor, num_points: int) -> tuple[torch.Tensor, torc
     return batch[:, :num_points, :3], batch[:, num_points:, :3], batch[:, num_points:, 3]
 
 
+OUTSIDE_BOX = 1.0     # |coordinate| beyond which a shape is taken as not normalised (ONet: 0.5)
+
+
 class ShapesDataset(Dataset):
     """ONet-layout shapes as packed training items (module docstring).
 
@@ -182,6 +186,7 @@ class ShapesDataset(Dataset):
         self.num_points, self.point_noise, self.num_queries = num_points, point_noise, num_queries
         self.seed = seed
         self._cache = BoundedCache(cache_bytes)   # per process: ~2.5 MB per ONet shape
+        self._warned = False
 
     def __len__(self) -> int:
         return len(self.models)
@@ -197,6 +202,12 @@ class ShapesDataset(Dataset):
         folder = self.folder(i)
         surface = read_pointcloud_npz(folder / "pointcloud.npz")
         points, occ = read_points_npz(folder / "points.npz")
+        reach = float(np.abs(surface).max()) if len(surface) else 0.0
+        if reach > OUTSIDE_BOX and not self._warned:
+            self._warned = True
+            warnings.warn(f"{folder / 'pointcloud.npz'}: its points reach {reach:.3g}, far outside the unit cube "
+                          "[-0.5, 0.5]^3 that ONet shapes (and the field's box) occupy: normalise the shapes first "
+                          "(most of the field would be empty)", RuntimeWarning, stacklevel=2)
         return surface, points, occ
 
     def surface(self, i: int) -> np.ndarray:

@@ -94,10 +94,12 @@ def _check_poses(path: Path, poses: np.ndarray, tol: float = 1e-2) -> None:
     bottom = np.abs(poses[:, 3] - np.array([0, 0, 0, 1], np.float32)).max(axis=1)
     rot = poses[:, :3, :3]
     ortho = np.abs(rot.transpose(0, 2, 1) @ rot - np.eye(3, dtype=np.float32)).max(axis=(1, 2))
-    bad = np.flatnonzero((bottom > tol) | (ortho > tol))
+    reflected = np.linalg.det(rot.astype(np.float64)) < 0      # orthonormal, but a mirror image
+    bad = np.flatnonzero((bottom > tol) | (ortho > tol) | reflected)
     if len(bad):
         v = int(bad[0])
-        raise DataError(f"{path}: 'cam_poses' must be camera-to-world matrices (orthonormal rotation, bottom row "
+        raise DataError(f"{path}: 'cam_poses' must be camera-to-world matrices (a rotation: orthonormal, "
+                        f"determinant +1, not a reflection; bottom row "
                         f"0 0 0 1); {len(bad)} of {len(poses)} are not, e.g. view {v}: "
                         f"{np.array2string(poses[v], precision=3, separator=',').replace(chr(10), '')}")
 

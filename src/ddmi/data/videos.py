@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Union
@@ -68,7 +69,12 @@ def find_videos(root: PathLike) -> list[tuple[Path, list[Path] | None]]:
     frames: dict[Path, list[Path]] = {}
     files: list[Path] = []
     for p in root.rglob("*"):
-        if p.name.startswith(".") or not p.is_file():
+        if p.name.startswith("."):
+            continue
+        if p.is_symlink() and not p.exists() and p.suffix.lower() in (*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS):
+            warnings.warn(f"{p} is a link to a missing file: left out", RuntimeWarning, stacklevel=2)
+            continue
+        if not p.is_file():
             continue
         suffix = p.suffix.lower()
         if suffix in IMAGE_EXTENSIONS:
@@ -76,8 +82,23 @@ def find_videos(root: PathLike) -> list[tuple[Path, list[Path] | None]]:
         elif suffix in VIDEO_EXTENSIONS:
             files.append(p)
     out: list[tuple[Path, list[Path] | None]] = [(d, sorted(f, key=_natural_key)) for d, f in frames.items()]
+    for folder, paths in out:
+        _warn_numbering_gap(folder, paths)
     out += [(f, None) for f in files]
     return sorted(out, key=lambda item: str(item[0]))
+
+
+def _warn_numbering_gap(folder: Path, paths: list[Path]) -> None:
+    """Warn when the numbers in a frame folder's file names skip (``frame_0007`` then
+    ``frame_0009``): a frame is missing, and the clip would jump."""
+    numbers = [int(m.group(1)) for p in paths if (m := re.search(r"(\d+)\D*$", p.stem))]
+    if len(numbers) != len(paths) or len(numbers) < 2:
+        return
+    gaps = [(a, b) for a, b in zip(numbers, numbers[1:]) if b != a + 1]
+    if gaps:
+        a, b = gaps[0]
+        warnings.warn(f"{folder}: the frame numbers skip from {a} to {b} ({len(gaps)} gap(s)); the frames are used "
+                      "in order, so the clip jumps where a frame is missing", RuntimeWarning, stacklevel=3)
 
 
 def _video_stream(container, path: Path):
