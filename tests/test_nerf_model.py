@@ -14,7 +14,7 @@ from ddmi.vae.triplane_coords import cell_index
 
 
 def test_srn_cars_parameter_counts():
-    """Spec section 10: VAE 124.1 M, PointNet 2.31 M, MLPNeRF 0.55 M, UNet 678.7 M (within 1 %)."""
+    """docs/official-code.md §10: VAE 124.1 M, PointNet 2.31 M, MLPNeRF 0.55 M, UNet 678.7 M (within 1 %)."""
     c = parameter_counts(load_config("srn_cars"))
     want = {"vae_total": 124.1e6, "pointnet": 2.31e6, "mlp": 0.55e6, "denoiser": 678.7e6}
     for key, value in want.items():
@@ -41,7 +41,7 @@ def test_positional_encoding():
 
 
 def test_the_field_is_not_affine():
-    """Spec 12.2.3: the official activations are LeakyReLU(slope=1) (identity). Ours are ReLUs:
+    """docs/official-code.md §12.2.3: the official activations are LeakyReLU(slope=1) (identity). Ours are ReLUs:
     with constant plane features and no positional encoding, the pre-softplus density along a
     line is not affine in the position."""
     torch.manual_seed(0)
@@ -58,7 +58,7 @@ def test_the_field_is_not_affine():
 
 
 def test_one_frame_for_encoding_and_rendering():
-    """Spec 12.2.4: a world point is normalised by the same half extent for the PointNet cells and
+    """docs/official-code.md §12.2.4: a world point is normalised by the same half extent for the PointNet cells and
     for the plane queries; the density is exactly zero outside the box."""
     cfg = load_config("nerf-tiny", ["nerf.half_extent=1.25"])
     ae = build_autoencoder(cfg)

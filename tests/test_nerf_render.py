@@ -10,7 +10,7 @@ from ddmi.render.volume import (SRN_FOV, camera_rays, composite, focal_from_fov,
 
 
 def test_focal_of_the_srn_intrinsics():
-    """Spec 6: f = 0.5 W / tan(0.5 * 0.6911112) = 277.8 px at W = 200."""
+    """docs/official-code.md §6: f = 0.5 W / tan(0.5 * 0.6911112) = 277.8 px at W = 200."""
     assert focal_from_fov(200) == pytest.approx(277.77, abs=0.01)
     assert focal_from_fov(200, SRN_FOV) == pytest.approx(100 / math.tan(0.3455556))
 

@@ -89,7 +89,7 @@ def test_shape_metrics_on_meshes():
 
 
 def test_shape_metrics_normalise_each_cloud_to_the_unit_sphere():
-    """Spec 7: clouds are centred and scaled before Chamfer, so a moved and scaled copy of the
+    """docs/official-code.md §7: clouds are centred and scaled before Chamfer, so a moved and scaled copy of the
     reference set scores like the set itself, and a different shape does not."""
     spheres = [extract_meshes(sphere_field(), 16, threshold=0.5)[0]]
     box_v = np.array([[x, y, z] for x in (-0.3, 0.3) for y in (-0.1, 0.1) for z in (-0.2, 0.2)], np.float32)

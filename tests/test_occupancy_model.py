@@ -13,7 +13,7 @@ from ddmi.vae.triplane_coords import PLANE_AXES, PLANES, cell_index, normalize_p
 
 
 def test_shapenet_parameter_counts():
-    """Spec section 10: VAE 124.1 M (60.8 / 63.2), PointNet 2.31 M, MLP 0.63 M, UNet 678.7 M."""
+    """docs/official-code.md §10: VAE 124.1 M (60.8 / 63.2), PointNet 2.31 M, MLP 0.63 M, UNet 678.7 M."""
     c = parameter_counts(load_config("shapenet"))
     want = {"vae_total": 124.1e6, "encoder": 60.8e6, "decoder": 63.2e6, "pointnet": 2.31e6,
             "mlp": 0.63e6, "denoiser": 678.7e6}
@@ -36,7 +36,7 @@ def test_plane_order_and_axes_are_written_once():
 
 def test_pointnet_writes_where_the_mlp_reads():
     """A feature scattered for a point lands in the cell that grid sampling reads at that point:
-    no half-cell offset between encoding and querying (spec 12.2.6)."""
+    no half-cell offset between encoding and querying (docs/official-code.md §12.2.6)."""
     r = 8
     u = torch.tensor([[[0.33, -0.71, 0.12]]])                  # one point, normalised frame
     idx = cell_index(u, r)                                     # (1, 3, 1)

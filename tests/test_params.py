@@ -1,4 +1,4 @@
-"""Paper presets reproduce the official architectures (spec section 10), counted on meta."""
+"""Paper presets reproduce the official architectures (docs/official-code.md §10), counted on meta."""
 
 import pytest
 

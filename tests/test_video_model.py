@@ -27,7 +27,7 @@ def _varies(clip: torch.Tensor, dims) -> bool:
 def test_time_plane_rows_are_time():
     """A time plane that varies only along its rows changes the video only along t; one that
     varies only along its columns changes it only along x (xt) or y (yt). The official code
-    reads its time planes transposed and fails the first half (spec 12.2.2)."""
+    reads its time planes transposed and fails the first half (docs/official-code.md §12.2.2)."""
     torch.manual_seed(0)
     mlp = VideoMLP(plane_channels=C, num_scales=1, hidden=32)
     for p in mlp.parameters():           # fc_1 starts at zero: give every layer some weight
@@ -107,7 +107,7 @@ def test_triplane_unet_mixes_planes():
 
 
 def test_paper_parameter_counts():
-    """skytimelapse = the official VITAutoencoder + MLPVideo + UNetModel_Triplane (spec 10)."""
+    """skytimelapse = the official VITAutoencoder + MLPVideo + UNetModel_Triplane (docs/official-code.md §10)."""
     c = parameter_counts(load_config("skytimelapse"))
     for key, want in [("vae_total", 88.6e6), ("decoder", 53.3e6), ("timesformer", 26.9e6),
                       ("encoder", 88.6e6 - 53.3e6), ("mlp", 0.86e6), ("denoiser", 767.9e6)]:

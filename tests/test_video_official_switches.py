@@ -18,7 +18,7 @@ def _varies(clip: torch.Tensor, dims) -> bool:
 
 
 def test_official_query_reads_the_time_planes_transposed():
-    """Official MLPVideo (spec 12.2.2): a time plane varying only along its rows (T) changes the
+    """Official MLPVideo (docs/official-code.md §12.2.2): a time plane varying only along its rows (T) changes the
     video along y (xt) or x (yt), not along t; one varying along its columns changes it along t."""
     torch.manual_seed(0)
     mlp = VideoMLP(plane_channels=C, num_scales=1, hidden=32, official_query=True)

@@ -133,7 +133,7 @@ class LDMConfig:
 
 @dataclass
 class GANConfig:
-    """Adversarial fine-tuning of the D2C-VAE (spec 4, "GAN"): PatchGAN, hinge loss, feature
+    """Adversarial fine-tuning of the D2C-VAE (docs/official-code.md §4, "GAN"): PatchGAN, hinge loss, feature
     matching. Generator and discriminator steps alternate per optimiser step once started."""
 
     enabled: bool = False

@@ -1,6 +1,6 @@
 """Occupancy Networks (ONet / ConvONet) ShapeNet layout: reading, sampling, writing.
 
-Layout (spec section 7)::
+Layout (docs/official-code.md §7)::
 
     ROOT/metadata.yaml                       optional: {synset: {id: ..., name: ...}}
     ROOT/<synset>/{train,val,test}.lst       model names, one per line

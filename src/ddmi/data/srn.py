@@ -1,6 +1,6 @@
 """The srn-cars (Points2NeRF) NeRF layout: reading, writing, the train/val split, training items.
 
-Layout (spec section 6)::
+Layout (docs/official-code.md §6)::
 
     ROOT/cars/sampled/<name>.npz      one object per file
     ROOT/cars/{train,val}.lst         optional: file stems, one per line (``ddmi synth nerf`` writes them)

@@ -1,6 +1,6 @@
 """Video data: frame folders (SkyTimelapse / PVDM layout) and video files, as training clips.
 
-Layout (spec 8)::
+Layout (docs/official-code.md §8)::
 
     ROOT/train/<video>/frame00000.png ...        one folder of frames per video
     ROOT/train/<video>/<clip>/frame00000.jpg ... or nested clip folders (PVDM)

@@ -1,4 +1,4 @@
-"""Adversarial losses of the D2C-VAE fine-tuning (spec section 4, "GAN").
+"""Adversarial losses of the D2C-VAE fine-tuning (docs/official-code.md §4, "GAN").
 
 * discriminator: ``0.5 * (mean relu(1 - D(real)) + mean relu(1 + D(fake)))`` (hinge), on
   detached reconstructions;

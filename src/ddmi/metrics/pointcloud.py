@@ -1,6 +1,6 @@
 """Point-cloud generation metrics with Chamfer distance: MMD, COV and 1-NNA (PointFlow / PVD).
 
-Protocol of the paper (spec section 7): 2048 surface points per shape, 1355 generated and 1355
+Protocol of the paper (docs/official-code.md §7): 2048 surface points per shape, 1355 generated and 1355
 reference clouds, each normalised to the unit sphere, Chamfer distance only (no EMD).
 """
 

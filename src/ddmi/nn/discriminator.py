@@ -1,4 +1,4 @@
-"""PatchGAN discriminators for adversarial fine-tuning of the D2C-VAE (spec section 4, "GAN").
+"""PatchGAN discriminators for adversarial fine-tuning of the D2C-VAE (docs/official-code.md §4, "GAN").
 
 * :class:`PatchDiscriminator`: the 2-D PatchGAN (images; single frames of a video);
 * :class:`PatchDiscriminator3D`: the same recipe with ``Conv3d`` over a whole clip;
@@ -99,7 +99,7 @@ class PatchDiscriminator3D(PatchDiscriminator):
 
 
 class VideoDiscriminator(nn.Module):
-    """The video domain's two discriminators (spec 4, ``LPIPSWithDiscriminator3D``).
+    """The video domain's two discriminators (docs/official-code.md §4, ``LPIPSWithDiscriminator3D``).
 
     ``forward(clips (B, 3, T, H, W), frame (B,) long)`` -> ``(logits, features)``: ``logits`` is
     ``[frame logits (B, 1, h, w), clip logits (B, 1, t, h, w)]``; ``features`` the 2-D network's

@@ -1,4 +1,4 @@
-"""PointNet with local pooling into three planes (ConvONet ``pointnet_local_pool``, spec 3.2).
+"""PointNet with local pooling into three planes (ConvONet ``pointnet_local_pool``, docs/official-code.md §3.2).
 
 Written with ``Tensor.scatter_reduce`` (no torch-scatter). Points are given in the normalised
 tri-plane frame ``u`` in ``[-1, 1]^3`` (:mod:`ddmi.vae.triplane_coords`), and features are pooled into and

@@ -1,4 +1,4 @@
-"""TimeSformer video encoder and ViT "axis collapsers" (the video D2C-VAE encoder, spec 3.4).
+"""TimeSformer video encoder and ViT "axis collapsers" (the video D2C-VAE encoder, docs/official-code.md §3.4).
 
 Tokens are ``(B, T, h, w, D)``: one token per ``p x p`` patch of every frame (no temporal
 patching). Each block applies divided attention (Bertasius et al. 2021): attention over time

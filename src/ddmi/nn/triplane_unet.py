@@ -1,4 +1,4 @@
-"""The tri-plane UNet denoiser of the video LDM (spec 5.2, ``UNetModel_Triplane``).
+"""The tri-plane UNet denoiser of the video LDM (docs/official-code.md §5.2, ``UNetModel_Triplane``).
 
 The latent ``(B, C, N)`` holds three planes flattened row-major and concatenated on the token axis
 (``[xy | xt | yt]``, shapes ``plane_shapes``; see :mod:`ddmi.domains.video.model`). Every input, middle

@@ -3,7 +3,7 @@
 The layout follows the "ablated diffusion model" UNet (Dhariwal & Nichol 2021) as shipped
 in latent-diffusion's ``openaimodel.UNetModel``, which DDMI uses for its image, occupancy
 and NeRF latents, so that the parameter counts of the paper-size presets match the official
-ones exactly (spec section 10):
+ones exactly (docs/official-code.md §10):
 
     encoder:  conv_in, then per level ``num_res_blocks`` x [ResBlock (+ attention)],
               and a stride-2 conv Downsample between levels

@@ -1,4 +1,4 @@
-"""Cameras, rays and volume rendering for radiance fields (NeRF domain; spec section 6).
+"""Cameras, rays and volume rendering for radiance fields (NeRF domain; docs/official-code.md §6).
 
 Conventions (one world frame for cameras, point clouds and fields):
 
@@ -10,7 +10,7 @@ Conventions (one world frame for cameras, point clouds and fields):
   ``(i, j)`` (column, row) has its centre at ``(i + 0.5, j + 0.5)``; its ray direction is
   ``R @ ((i + 0.5 - W/2) / f, -(j + 0.5 - H/2) / f, -1)``: **not normalised**, so the ray
   parameter ``t`` is the depth along the optical axis and ``near`` / ``far`` are depths.
-* **Rendering** (spec 6): ``num_samples`` stratified depths in ``[near, far]`` (one uniform draw
+* **Rendering** (docs/official-code.md §6): ``num_samples`` stratified depths in ``[near, far]`` (one uniform draw
   per bin when perturbed, the bin centres otherwise), optional importance samples drawn from the
   coarse weights (same field, no second network), density ``sigma >= 0`` (the field applies the
   softplus), ``alpha_i = 1 - exp(-sigma_i * delta_i * |d|)``, transmittance-weighted colours,

@@ -1,4 +1,4 @@
-"""Adversarial fine-tuning of the D2C-VAE (spec section 4, "GAN"; presets ``*-gan``).
+"""Adversarial fine-tuning of the D2C-VAE (docs/official-code.md §4, "GAN"; presets ``*-gan``).
 
 A phase-two run starts from a phase-one VAE run (``init=VAE_RUN_DIR``: weights only; the
 optimiser and the learning rate come from this run's config) and alternates, per optimiser step,
@@ -7,7 +7,7 @@ optimiser and the learning rate come from this run's config) and alternates, per
   ``generator_factor * (disc_weight * -mean D(fake) + feature_weight * feature matching)``; the
   discriminator's weights are read as constants, so no gradient reaches them;
 * a **discriminator** step: the hinge loss on real inputs and reconstructions computed without
-  gradient (detached; the official video step forgets to: spec 12.2.10).
+  gradient (detached; the official video step forgets to: docs/official-code.md §12.2.10).
 
 Per domain (the domain's ``build_discriminator`` and the autoencoder's ``adversarial_views``):
 
@@ -75,7 +75,7 @@ class AdversarialForward(nn.Module):
 
     def forward(self, images, rand, *, phase: str, adversarial: bool, kl_weight: float, sn_weight: float):
         if phase == "discriminator":
-            with torch.no_grad():                       # detached reconstructions (spec 12.2.10)
+            with torch.no_grad():                       # detached reconstructions (docs/official-code.md §12.2.10)
                 fake, real, cond = self.reconstructions(images, rand)
             real_logits, _ = self.critic(real, cond)
             fake_logits, _ = self.critic(fake, cond)

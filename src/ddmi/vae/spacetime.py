@@ -95,7 +95,7 @@ def split_planes(tokens: torch.Tensor, shapes: list[tuple[int, int]]) -> list[to
 class CrossPlaneAttention(nn.Module):
     """Token-level attention across planes: every plane of a sample is flattened, the tokens are
     concatenated, GroupNorm-ed, attended (``heads`` heads; with ``expand`` each head has the full
-    ``C`` channels, so q/k/v map ``C -> heads*C``, spec 2.1 ``*-expand``; otherwise ``C/heads``),
+    ``C`` channels, so q/k/v map ``C -> heads*C``, docs/official-code.md §2.1 ``*-expand``; otherwise ``C/heads``),
     projected back to ``C`` and added to the input; then split back into planes."""
 
     def __init__(self, channels: int, heads: int, *, expand: bool = False, zero_init: bool = False):

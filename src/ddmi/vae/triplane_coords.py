@@ -16,7 +16,7 @@ VAE, the MLP, the LDM latent and the mesher):
   ``u`` falls in cell ``floor((u + 1) / 2 * R)`` (clamped to ``[0, R-1]``) and planes are read
   with ``grid_sample(align_corners=False, padding_mode="border")`` (:func:`ddmi.fields.sample_plane`)
   so cell ``i`` is centred at ``-1 + (2i + 1)/R``: the PointNet writes features exactly where
-  the MLP reads them (no half-cell offset, unlike ConvONet; spec 12.2.6).
+  the MLP reads them (no half-cell offset, unlike ConvONet; docs/official-code.md §12.2.6).
 * **Layout.** Multi-plane tensors are ``(B, 3, C, H, W)``; inside the conv VAE the planes are
   folded into the batch as ``(B*3, C, H, W)`` (sample-major, plane-minor).
 """
@@ -63,7 +63,7 @@ def triplane_grid(u: torch.Tensor) -> torch.Tensor:
 # then sets q >= 1 to 1 - 1e-5 and q < 0 to 0 (not a clamp to [0, 1 - 1e-5]: q in [1 - 1e-5, 1) is
 # kept; note the 1e-5 the ddmi frame does not have), writes the PointNet
 # features to cell floor(q R), and reads the planes at 2q - 1 with align_corners=True: half a cell
-# away from where it wrote them (spec 12.2.6).
+# away from where it wrote them (docs/official-code.md §12.2.6).
 
 
 def convonet_plane_coords(p: torch.Tensor, padding: float) -> torch.Tensor:

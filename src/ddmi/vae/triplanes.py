@@ -1,4 +1,4 @@
-"""The tri-plane D2C-VAE (occupancy / NeRF, spec 3.2) and the occupancy CFC MLP.
+"""The tri-plane D2C-VAE (occupancy / NeRF, docs/official-code.md §3.2) and the occupancy CFC MLP.
 
 Shapes (``f = 2 ** (len(ch_mult) - 1)``, plane order and layout of :mod:`ddmi.vae.triplane_coords`):
 
@@ -377,7 +377,7 @@ def official_triplane_overrides(vaemodel: dict[str, torch.Tensor], cfg: DictConf
     if "quant_conv.weight" in vaemodel and "quant_conv_xy.weight" not in vaemodel:
         raise CheckpointError(
             "this official VAE is the 2-D Autoencoder that the shipped exp/stage.py builds for the NeRF LDM "
-            "(official bug, spec 12.1.2): it cannot hold the tri-plane stage-1 weights and cannot be imported; "
+            "(official bug, docs/official-code.md §12.1.2): it cannot hold the tri-plane stage-1 weights and cannot be imported; "
             "use the stage-1 model-last.pt (Autoencoder3D), or an ldm-last.pt written by a fixed pipeline")
     res = plane_resolution(official, cfg)
     try:

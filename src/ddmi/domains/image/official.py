@@ -28,7 +28,7 @@ import torch
 
 from ddmi.errors import CheckpointError
 
-#: official ``attn_type`` -> mid-attention heads (spec 2.1: ``vanilla`` single head,
+#: official ``attn_type`` -> mid-attention heads (docs/official-code.md §2.1: ``vanilla`` single head,
 #: ``vanilla-multihead`` 16 heads)
 ATTN_HEADS = {"vanilla": 1, "vanilla-multihead": 16}
 

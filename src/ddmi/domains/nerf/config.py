@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 @dataclass
 class NeRFConfig:
     """The NeRF (radiance field) domain: srn-cars data, coloured PointNet, field, rendering
-    (spec 3.3, 6). Depths ``near``/``far`` are along the camera axis (rays are not normalised)."""
+    (docs/official-code.md §3.3, 6). Depths ``near``/``far`` are along the camera axis (rays are not normalised)."""
 
     category: str = "cars"             # ROOT/<category>/sampled/*.npz
     val_fraction: float = 0.1          # held-out objects when there are no train.lst / val.lst
@@ -43,7 +43,7 @@ class NeRFConfig:
     # --- official compatibility (set by the importer of official checkpoints; docs/official-checkpoints.md).
     # Encoder frame: with a number, the PointNet sees the raw coloured points [xyz, rgb] and its cells are
     # ConvONet's, q = p / (1 + convonet_padding + 1e-5) + 0.5 (q >= 1 -> 1 - 1e-5, q < 0 -> 0; official
-    # padding 0.1: a box of +-0.55 that does not match the render box, spec 12.2.4). ddmi (none):
+    # padding 0.1: a box of +-0.55 that does not match the render box, docs/official-code.md §12.2.4). ddmi (none):
     # [p / half_extent, 2 rgb - 1], the same frame as the renderer.
     convonet_padding: float | None = None
     # Field frame: "world" (official) queries the field at world points: the planes are read at
@@ -51,13 +51,13 @@ class NeRFConfig:
     # queries it at u = p / half_extent and encodes u.
     field_frame: str = "box"
     align_corners: bool = False          # official: planes read with align_corners=True (ddmi: False)
-    # official MLPNeRF activations are nn.LeakyReLU(True), i.e. slope 1 = identity (spec 12.2.3); ddmi: relu
+    # official MLPNeRF activations are nn.LeakyReLU(True), i.e. slope 1 = identity (docs/official-code.md §12.2.3); ddmi: relu
     activation: str = "relu"
     mask_outside_box: bool = True        # ddmi: density 0 outside |u| <= 1; official: none (border padding)
     # official: the cross-plane blocks concatenate [xy | yz | xz]; ddmi (none): [xy | xz | yz]
     cross_plane_order: list[str] | None = None
     # official NeRF stacks the latent [xy, yz, xz] in both stages (decode() slices [xy, xz, yz]: the
-    # official mismatch of spec 12.2.1, which NeRF has in both stages); ddmi (none): [xy, xz, yz]
+    # official mismatch of docs/official-code.md §12.2.1, which NeRF has in both stages); ddmi (none): [xy, xz, yz]
     latent_planes: list[str] | None = None
     depth_spacing: str = "bins"          # official "linspace": near (1-t) + far t, t = linspace(0, 1, S)
     last_delta: float | None = None      # official 1e10 (acc = 1: no background); ddmi: the last interval ends at far

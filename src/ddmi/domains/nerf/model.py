@@ -1,13 +1,12 @@
-"""The NeRF D2C-VAE: coloured PointNet -> tri-plane VAE -> tri-planes -> NeRF MLP (spec 3.3).
+"""The NeRF D2C-VAE: coloured PointNet -> tri-plane VAE -> tri-planes -> NeRF MLP (docs/official-code.md §3.3).
 
-**One frame** (the official code encodes with ``p / 1.1`` and renders with ``p / 3.5``; spec
-12.2.4): world points (the cameras' frame; point clouds are first multiplied by
+**One frame** (the official code encodes with ``p / 1.1`` and renders with ``p / 3.5``; docs/official-code.md §12.2.4): world points (the cameras' frame; point clouds are first multiplied by
 ``nerf.points_scale``) are normalised once, ``u = p / nerf.half_extent``, for the PointNet scatter
 *and* for the plane queries, with the plane order, cells and sampling of :mod:`ddmi.vae.triplane_coords`.
 Outside the box ``|u| <= 1`` the density is exactly 0.
 
 **The field** (:class:`NeRFMLP`, ``MLPNeRF`` with **real** ReLUs; the official
-``nn.LeakyReLU(True)`` has slope 1, i.e. the field is affine: spec 12.2.3): input =
+``nn.LeakyReLU(True)`` has slope 1, i.e. the field is affine: docs/official-code.md §12.2.3): input =
 ``[the three planes' features concatenated (3C per scale, every decoded scale), PE(u)]``,
 ``depth`` layers of ``width`` with the input re-concatenated before the layers in ``skips``;
 ``sigma = softplus(Linear(h))``; ``rgb = sigmoid(Linear(ReLU(Linear([Linear(h), PE(dir)]))))``.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass
 class ShapesConfig:
-    """The occupancy (3-D shape) domain: ONet data sampling, PointNet, meshing (spec 3.2, 7)."""
+    """The occupancy (3-D shape) domain: ONet data sampling, PointNet, meshing (docs/official-code.md §3.2, 7)."""
 
     classes: list[str] | None = None   # synsets to use; none = every synset folder
     num_points: int = 3000             # encoder input: surface points drawn per shape
@@ -24,13 +24,13 @@ class ShapesConfig:
     # floor(q R), queries at 2q - 1). ddmi: one normalisation u = clamp(p / half_extent, -1, 1) for everything.
     convonet_coords: bool = False
     # official: the planes are read with align_corners=True, half a cell away from the PointNet's cells
-    # (spec 12.2.6); ddmi: align_corners=False, where the cells are written
+    # (docs/official-code.md §12.2.6); ddmi: align_corners=False, where the cells are written
     align_corners: bool = False
     # official: the cross-plane blocks concatenate the planes as [xy | yz | xz] (GroupNorm groups straddle
     # the plane boundaries, so the order matters); ddmi (none): PLANES order [xy | xz | yz]
     cross_plane_order: list[str] | None = None
-    # official stage 1 decodes the latent stacked [xy, yz, xz] while decode() slices [xy, xz, yz] (spec
-    # 12.2.1): the reconstruction paths (training loss, previews, probes, reconstruct) decode the posterior
+    # official stage 1 decodes the latent stacked [xy, yz, xz] while decode() slices [xy, xz, yz]
+    # (docs/official-code.md §12.2.1): the reconstruction paths (training loss, previews, probes, reconstruct) decode the posterior
     # restacked in this order. ddmi (none): as encoded. The stage-2 latent stays [xy, xz, yz] either way,
     # the order the official occupancy LDM was trained on.
     stage1_latent_planes: list[str] | None = None

@@ -20,7 +20,7 @@ def evaluate_run(run_dir: Path, cfg, stage: str, ae, generate, *, metrics, num, 
     """Shape runs. ``mmd-cd``/``cov-cd``/``1nna-cd`` (LDM): ``--num`` (default 100) generated meshes
     at ``--resolution`` (default 128), 2048 surface samples each, against 2048-point surface samples
     of the reference shapes (the test split, else the training split), unit-sphere normalised
-    (spec 7). ``iou`` (VAE or LDM): reconstruction IoU of the reference shapes' occupancies from
+    (docs/official-code.md §7). ``iou`` (VAE or LDM): reconstruction IoU of the reference shapes' occupancies from
     their encoded point clouds (posterior mean), at the occupancy threshold.
 
     ``generate(num) -> (batches, sampler, steps)`` draws this process's share of the samples; the

@@ -104,7 +104,7 @@ def mesh_point_clouds(meshes: list[Mesh], num_points: int = 2048, *, seed: int =
 
 
 def shape_metrics(generated: torch.Tensor, reference: torch.Tensor, **kw) -> dict[str, float]:
-    """MMD-CD, COV-CD and 1-NNA-CD (spec 7) of generated vs reference clouds ``(N, P, 3)``, each
+    """MMD-CD, COV-CD and 1-NNA-CD (docs/official-code.md §7) of generated vs reference clouds ``(N, P, 3)``, each
     cloud normalised to the unit sphere first (bounding-box centre, max radius 1)."""
     from ddmi.metrics.pointcloud import mmd_cov_1nna, normalize_to_unit_sphere
     return mmd_cov_1nna(normalize_to_unit_sphere(generated.float()), normalize_to_unit_sphere(reference.float()), **kw)

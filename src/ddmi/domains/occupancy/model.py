@@ -1,4 +1,4 @@
-"""The occupancy D2C-VAE: PointNet -> tri-plane conv VAE -> tri-plane HDBPE -> CFC MLP (spec 3.2).
+"""The occupancy D2C-VAE: PointNet -> tri-plane conv VAE -> tri-plane HDBPE -> CFC MLP (docs/official-code.md §3.2).
 
 Frame and plane conventions: :mod:`ddmi.vae.triplane_coords` (one normalisation ``u = p / half_extent`` for
 both encoding and querying; planes ``xy, xz, yz``). Batches are the packed tensors of
@@ -96,7 +96,7 @@ class OccupancyAutoencoder(nn.Module):
     def reconstruction_latent(self, z: torch.Tensor) -> torch.Tensor:
         """The latent a stage-1 reconstruction decodes for an encoded ``z (B, 3E, r, r)``: ``z``
         itself, or with ``shapes.stage1_latent_planes`` the planes restacked in that order (the
-        official stage-1 mismatch, spec 12.2.1)."""
+        official stage-1 mismatch, docs/official-code.md §12.2.1)."""
         if self.stage1_order is None:
             return z
         return torch.cat([z.chunk(3, dim=1)[k] for k in self.stage1_order], dim=1)

@@ -28,7 +28,7 @@ from ddmi.vae.triplanes import (
     triplane_spec,
 )
 
-#: the official plane orders (spec 12.2.1): cross-plane concatenation and the stage-1 latent
+#: the official plane orders (docs/official-code.md §12.2.1): cross-plane concatenation and the stage-1 latent
 OFFICIAL_CROSS_PLANE_ORDER = ["xy", "yz", "xz"]
 OFFICIAL_STAGE1_LATENT = ["xy", "yz", "xz"]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 @dataclass
 class VideoConfig:
     """The video domain: clip length, the TimeSformer encoder and its axis collapsers, the
-    cross-plane attention of the plane decoder and of the tri-plane UNet (spec 3.4, 5.2). The
+    cross-plane attention of the plane decoder and of the tri-plane UNet (docs/official-code.md §3.4, 5.2). The
     TimeSformer patch is the decoder's upsampling factor ``2 ** (len(vae.ch_mult) - 1)``."""
 
     frames: int = 16                   # frames per training clip (a random window of a video)
@@ -43,7 +43,7 @@ class VideoConfig:
     # xt collapses w (= ddmi's yt) and yt collapses h (= ddmi's xt), i.e. "xy,yt,xt" here.
     latent_order: str = "xy,xt,yt"
     # How the MLP reads the planes. False (ddmi): xy at (x, y), xt at (x, t), yt at (y, t), every
-    # plane with align_corners=False (pixel centres). True (official MLPVideo, spec 12.2.2):
+    # plane with align_corners=False (pixel centres). True (official MLPVideo, docs/official-code.md §12.2.2):
     # align_corners=True, and the time planes are read transposed: t indexes their spatial
     # (column) axis and y (for xt) or x (for yt) their T rows.
     official_query: bool = False

@@ -1,4 +1,4 @@
-"""The video D2C-VAE (spec 3.4): TimeSformer encoder -> space-time planes -> CFC MLP -> RGB.
+"""The video D2C-VAE (docs/official-code.md §3.4): TimeSformer encoder -> space-time planes -> CFC MLP -> RGB.
 
 Conventions (the video domain; written down once here and in ``docs/video.md``):
 
@@ -10,8 +10,7 @@ Conventions (the video domain; written down once here and in ``docs/video.md``):
   cols)``: ``xy`` has rows = y, cols = x; ``xt`` has **rows = t**, cols = x; ``yt`` has **rows =
   t**, cols = y. They are read with :func:`ddmi.fields.sample_plane` (``grid_sample``,
   ``align_corners=False``, border) at ``(x, y)``, ``(x, t)`` and ``(y, t)`` respectively (the grid's
-  channel 0 indexes the columns). The official code reads its time planes transposed (spec
-  12.2.2); here a plane that varies only along its rows changes the video only along t (tested).
+  channel 0 indexes the columns). The official code reads its time planes transposed (docs/official-code.md §12.2.2); here a plane that varies only along its rows changes the video only along t (tested).
 * **Latent**: the three posterior planes, ``embed_dim`` channels each, flattened row-major and
   concatenated on the token axis as ``[xy | xt | yt]``: ``(B, embed_dim, h*w + T*w + T*h)`` with
   ``h = w = R / p``, ``p = 2 ** (len(ch_mult) - 1)`` (the TimeSformer patch). This is also the

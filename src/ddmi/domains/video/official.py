@@ -18,10 +18,10 @@ GEGLU factor; frames and latent side (the collapsers' positional embeddings), he
 
 Not in the shapes:
 
-* the collapsers' head count: hard-wired to 4 in the official ``VITAutoencoder`` (spec 3.4:
+* the collapsers' head count: hard-wired to 4 in the official ``VITAutoencoder`` (docs/official-code.md §3.4:
   4 heads x 48 at width 384) -- :data:`OFFICIAL_COLLAPSE_HEADS`;
 * the decoder's mid attention heads: ``ddconfig.attn_type`` of ``official`` (``vanilla`` = 1 head,
-  ``vanilla-multihead`` = 16, spec 2.1), else the preset's ``vae.mid_attn_heads``;
+  ``vanilla-multihead`` = 16, docs/official-code.md §2.1), else the preset's ``vae.mid_attn_heads``;
 * without ``-expand`` (q maps C -> C) the cross-plane head count: the preset's ``video.cross_heads``.
 """
 
