@@ -83,7 +83,8 @@ def recognise(top: dict, path: Path) -> OfficialFile:
     keys = list(top)
     vae_key = "vaemodel" if "vaemodel" in top else "model" if "model" in top else None
     if vae_key is None or "mlp" not in top:
-        raise CheckpointError(f"{path} is not an official DDMI checkpoint (top-level keys: {', '.join(map(str, keys[:12]))})")
+        raise CheckpointError(f"{path} is not an official DDMI checkpoint "
+                              f"(top-level keys: {', '.join(map(str, keys[:12]))})")
     known = {"model", "vaemodel", "mlp", "pointnet", "diffusion", "ema", *TRAINING_STATE, *BOOKKEEPING}
     other = [str(k) for k in keys if k not in known]
     if other:
@@ -273,7 +274,8 @@ def map_diffusion(off: OfficialFile, cfg: DictConfig, latent_shape: tuple[int, .
     online, unused = domain.official_denoiser_state(off.diffusion, cfg)
     online_map = compare("diffusion (online)", own, online, [f"diffusion.{k}" for k in unused])
     ema = off.ema
-    other = [f"ema.{k}" for k in ema if not k.startswith(("ema_model.", "online_model.")) and k not in ("initted", "step")]
+    other = [f"ema.{k}" for k in ema
+             if not k.startswith(("ema_model.", "online_model.")) and k not in ("initted", "step")]
     copy = {k[len("online_model."):]: v for k, v in ema.items() if k.startswith("online_model.")}
     if copy:
         differs = sorted(set(copy) ^ set(off.diffusion)) or [
@@ -386,7 +388,8 @@ def import_official(path: str | Path, preset: str, out: str | Path, *, official_
         try:
             official = yaml.safe_load(Path(official_yaml).read_text())
         except (OSError, yaml.YAMLError) as exc:
-            raise CheckpointError(f"{official_yaml}: cannot read the official YAML ({str(exc).splitlines()[0]})") from None
+            raise CheckpointError(f"{official_yaml}: cannot read the official YAML "
+                                  f"({str(exc).splitlines()[0]})") from None
         if not isinstance(official, dict):
             raise CheckpointError(f"{official_yaml} is not a YAML mapping (an official config file)")
     off = recognise(read_official_file(path), path)
@@ -426,7 +429,8 @@ def import_official(path: str | Path, preset: str, out: str | Path, *, official_
     else:
         from ddmi.training.ema import EMA
         _fill(diffusion, online_map)
-        ema = EMA(diffusion, beta=cfg.ldm.ema_decay, update_every=cfg.ldm.ema_every, update_after_step=cfg.ldm.ema_after)
+        ema = EMA(diffusion, beta=cfg.ldm.ema_decay, update_every=cfg.ldm.ema_every,
+                  update_after_step=cfg.ldm.ema_after)
         _fill(ema.ema_model, ema_map)
         ema.step.fill_(ema_step)
         record["official_ema_step"] = ema_step
