@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from ddmi import __version__, domains
 from ddmi import checkpoint as ckpt
 from ddmi.config import load_config, parse_overrides
+from ddmi.diffusion import LatentDiffusion
 from ddmi.errors import CheckpointError, ConfigError
 from ddmi.models import build_diffusion
 from ddmi.official.checkpoint_file import read_official_file
@@ -187,9 +188,10 @@ def import_config(off: OfficialFile, preset: str, *, official: dict | None = Non
     domain = domains.get(off.domain)
     official = official if official is not None else off.args
     found = domain.official_config(off.sections, base, official)
-    if off.stage == "ldm":
+    if off.stage == "ldm":   # the denoiser's sizes are checked against the latent of the imported VAE
         from ddmi.official.denoiser import official_ldm_config
-        found = _merge(found, official_ldm_config(_ema_model(off.ema), base, official))
+        with_vae = _load(_merge(OmegaConf.to_container(base, resolve=True), found), off.path)
+        found = _merge(found, official_ldm_config(_ema_model(off.ema), with_vae, official))
     flat = _flatten(found)
     differing, settings = [], {}
     for key, value in flat.items():
@@ -209,11 +211,14 @@ def import_config(off: OfficialFile, preset: str, *, official: dict | None = Non
             f"{'; '.join(differing)}); pass --use-file-sizes to take the file's sizes, or choose the matching preset")
     tree = _merge(OmegaConf.to_container(base, resolve=True), found)
     tree.update(vae_run=None, init=None, run_dir=None if out is None else str(out))
+    return ImportConfig(cfg=_load(tree, off.path), sizes_from_file=differing, settings=settings)
+
+
+def _load(tree: dict, path: Path) -> DictConfig:
     try:
-        cfg = load_config(tree)
+        return load_config(tree)
     except ConfigError as exc:
-        raise CheckpointError(f"{off.path}: the imported configuration is invalid: {exc}") from None
-    return ImportConfig(cfg=cfg, sizes_from_file=differing, settings=settings)
+        raise CheckpointError(f"{path}: the imported configuration is invalid: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------
@@ -268,8 +273,14 @@ def map_diffusion(off: OfficialFile, cfg: DictConfig, latent_shape: tuple[int, .
     the EMA's ``ema_model.*`` mapped onto ddmi's diffusion model; ``ema.online_model.*`` must be
     the online weights (the official EMA wraps the trained object: the same tensors)."""
     domain = domains.get(cfg.domain)
-    with torch.device(device):
-        diffusion = build_diffusion(cfg, latent_shape)
+    if torch.device(device).type == "meta":   # the schedule and its checks stay on the CPU
+        with torch.device("meta"):
+            net = domain.build_denoiser(cfg, latent_shape)
+        diffusion = LatentDiffusion(net, latent_channels=latent_shape[0], mixed_prediction=cfg.ldm.mixed_prediction,
+                                    mixed_init=cfg.ldm.mixed_init)
+    else:
+        with torch.device(device):
+            diffusion = build_diffusion(cfg, latent_shape)
     own = diffusion.state_dict()
     online, unused = domain.official_denoiser_state(off.diffusion, cfg)
     online_map = compare("diffusion (online)", own, online, [f"diffusion.{k}" for k in unused])
