@@ -1,4 +1,4 @@
-"""The ``ddmi`` command: synth, train, reconstruct, sample, eval, demo, info.
+"""The ``ddmi`` command: synth, train, reconstruct, sample, eval, demo, info, import-official.
 
 Errors the user can fix are printed as one line (``error: ...``) with exit status 2; pass
 ``--debug`` (before the command) to see the traceback.
@@ -15,7 +15,8 @@ from ddmi.errors import DDMIError
 
 COMMANDS = {"info": "ddmi.commands.info", "synth": "ddmi.commands.synth", "train": "ddmi.commands.train",
             "reconstruct": "ddmi.commands.reconstruct", "sample": "ddmi.commands.sample",
-            "eval": "ddmi.commands.evaluate", "demo": "ddmi.commands.demo"}
+            "eval": "ddmi.commands.evaluate", "demo": "ddmi.commands.demo",
+            "import-official": "ddmi.commands.import_official"}
 
 
 def _run(args) -> int:
@@ -146,6 +147,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None,
                    help="torch device to run on, e.g. cuda, cuda:1, cpu (default: cuda when available, "
                    "else cpu; under `accelerate launch`, each process's own device)")
+    s.set_defaults(func=_run)
+
+    s = sub.add_parser("import-official", help="turn an official DDMI checkpoint (model-*.pt, ldm-*.pt) into a "
+                       "ddmi run folder (docs/official-checkpoints.md); the file's code is never run")
+    s.add_argument("checkpoint", help="the official stage-1 (model-*.pt) or stage-2 (ldm-*.pt) file")
+    s.add_argument("overrides", nargs="*",
+                   help="key=value settings of the run applied to the preset (e.g. data.dir=FOLDER, so "
+                   "that re-running `ddmi train` on the folder fine-tunes it)")
+    s.add_argument("--preset", required=True,
+                   help="ddmi preset of the same domain and architecture (e.g. afhq, celebahq, shapenet, "
+                   "srn_cars, skytimelapse; `ddmi info --list`), or a YAML path")
+    s.add_argument("--out", required=True, help="the run folder to write (must not exist)")
+    s.add_argument("--official-config", default=None, metavar="YAML",
+                   help="the official YAML the checkpoint was trained with (default: the file's own 'args' "
+                   "where it has them): settings the tensor shapes do not tell, such as attention heads")
+    s.add_argument("--use-file-sizes", action="store_true",
+                   help="where the file's architecture sizes differ from the preset's, take the file's "
+                   "(default: stop with the list of differing sizes)")
+    s.add_argument("--allow-mismatch", action="store_true",
+                   help="import even when official keys have no place in ddmi, ddmi keys stay unfilled or "
+                   "shapes differ (they are listed; what does not fit keeps ddmi's fresh initialisation)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier import in --out (never any other folder)")
     s.set_defaults(func=_run)
 
     s = sub.add_parser("demo", help="synthetic data -> VAE -> LDM -> samples, in minutes on a CPU")
