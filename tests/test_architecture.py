@@ -207,6 +207,13 @@ class SignalDomain(Domain):
 
 def test_a_domain_registered_from_outside_trains_both_stages_and_samples(tmp_path):
     domains.register(SignalDomain(), replace=True)
+    try:
+        _train_and_sample_the_toy_domain(tmp_path)
+    finally:
+        domains.unregister("signal-1d")     # later configs of this process must not carry its section
+
+
+def _train_and_sample_the_toy_domain(tmp_path):
     assert "signal-1d" in domains.names()
     t = np.linspace(0, 2 * np.pi, 64, dtype=np.float32)
     data = tmp_path / "data"
@@ -225,6 +232,7 @@ def test_a_domain_registered_from_outside_trains_both_stages_and_samples(tmp_pat
     signals = [np.load(p) for p in sorted((tmp_path / "out").glob("signal_*.npy"))]
     assert len(signals) == 3 and all(s.shape == (64,) and np.isfinite(s).all() for s in signals)
     assert "signal:\n  length: 64" in (tmp_path / "ldm" / "config.yaml").read_text()
+    assert "signal" not in load_config("image-tiny")          # other domains' configs do not carry it
     with pytest.raises(ConfigError, match="signal.length"):   # the domain validates its own section
         load_config(str(tmp_path / "signal.yaml"), ["signal.length=3"])
     assert (tmp_path / "ldm" / "latent-cache" / "latents.npy").is_file()

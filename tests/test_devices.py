@@ -163,11 +163,12 @@ def test_two_processes_sample_and_evaluate_exactly_like_one(ldm_run, tmp_path):
               "--eta", "1", "--resolution", "16", "--resolution", "24"]   # eta 1: the per-batch generators matter
     _run(one + sample + ["--out", str(tmp_path / "one")], env)
     err = _run(two + sample + ["--out", str(tmp_path / "two")], env).stderr
-    # the main process alone reports; it drew 2 of the 3 batches (its progress bar), the other 1
+    # the main process alone reports; it drew 2 of the 3 batches (its progress bar: 2 x 3 denoising
+    # steps), the other 1
     assert err.count("wrote 5 samples") == 1 and "and 1 more process" in err, err[-2000:]
-    assert "2/2 [" in err and "3/3 [" not in err, err[-2000:]
+    assert "6/6 [" in err and "9/9 [" not in err, err[-2000:]
     names = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert len(names) == 12 and names == sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert len(names) == 13 and names == sorted(p.name for p in (tmp_path / "two").iterdir())   # + ddmi-samples.json
     for name in names:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
 
@@ -176,7 +177,7 @@ def test_two_processes_sample_and_evaluate_exactly_like_one(ldm_run, tmp_path):
     _run(one + evaluate + ["--json", str(tmp_path / "one.json")], env)
     shutil.rmtree(run / "eval")                  # the samples and the reference cache, made afresh
     err = _run(two + evaluate + ["--json", str(tmp_path / "two.json")], env).stderr
-    assert err.count("wrote ") == 1 and "2/2 [" in err and "3/3 [" not in err, err[-2000:]
+    assert err.count("wrote ") == 1 and "6/6 [" in err and "9/9 [" not in err, err[-2000:]
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     a.pop("seconds"), b.pop("seconds")
     assert a == b and a["num_gen"] == 5

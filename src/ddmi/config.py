@@ -167,16 +167,20 @@ class DDMIConfig:
 # ------------------------------------------------------------------------------------------
 
 
-def config_schema() -> DictConfig:
-    """The schema: :class:`DDMIConfig` plus the config section of every domain (``shapes``,
-    ``nerf``, ``video``, a plug-in's own), so that any run folder's config loads whatever its
-    domain."""
+def config_schema(domain: str | None = None) -> DictConfig:
+    """The schema: :class:`DDMIConfig` plus the config sections of the built-in domains
+    (``shapes``, ``nerf``, ``video``, ``image``: every run folder's config holds them) and, for a
+    plug-in ``domain``, that domain's own section."""
     schema = OmegaConf.structured(DDMIConfig)
     OmegaConf.set_struct(schema, False)
-    for name in domains.names():
-        domain = domains.get(name)
-        if domain.section and domain.section_schema is not None and domain.section not in schema:
-            schema[domain.section] = OmegaConf.structured(domain.section_schema)
+    names = [*domains.BUILTIN, *([domain] if domain and domain not in domains.BUILTIN else [])]
+    for name in names:
+        try:
+            d = domains.get(name)
+        except ConfigError:
+            continue                       # an unknown domain: validate() names it
+        if d.section and d.section_schema is not None and d.section not in schema:
+            schema[d.section] = OmegaConf.structured(d.section_schema)
     OmegaConf.set_struct(schema, True)
     return schema
 
@@ -251,9 +255,10 @@ def load_config(source: str | dict, overrides: list[str] | dict | None = None) -
         data, name = source, "<dict>"
     else:
         data, name = _read_yaml(source)
-    schema = config_schema()
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
+    domain = (overrides or {}).get("domain") or (data.get("domain") if isinstance(data, dict) else None)
+    schema = config_schema(domain if isinstance(domain, str) else None)
     try:
         cfg = OmegaConf.merge(schema, data)
         if overrides:

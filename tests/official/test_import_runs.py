@@ -31,7 +31,9 @@ def _ok(argv):
 def test_an_imported_official_run_samples_reconstructs_and_fine_tunes(official_root, tmp_path, domain):
     preset, kind, item = DOMAINS[domain]
     data = tmp_path / "data"
-    _ok(["synth", kind, data, "--num", 2, "--resolution", 16, "--frames", 8, "--points", 2000, "--views", 4])
+    own = {"image": [], "shapes": ["--points", 2000], "nerf": ["--points", 2000, "--views", 4],
+           "video": ["--frames", 8]}[kind]          # an option of another domain is an error
+    _ok(["synth", kind, data, "--num", 2, "--resolution", 16, *own])
     vae_run, ldm_run = tmp_path / "vae", tmp_path / "ldm"
     # the fixtures are smaller than the tiny presets: their sizes are taken from the files
     _ok(["import-official", official_root / domain / "model-last.pt", "--preset", preset, "--out", vae_run,
@@ -59,10 +61,10 @@ def test_an_imported_official_run_samples_reconstructs_and_fine_tunes(official_r
          "--out", tmp_path / "samples", "--device", "cpu"])
     inputs = sorted(data.glob(item))[:1]
     assert inputs, item
-    frames = ["--frames", 4] if domain == "video" else []
+    own = {"video": ["--frames", 4], "nerf": ["--views", 2]}.get(domain, [])   # options of the domain only
     for run in (vae_run, ldm_run):
-        _ok(["reconstruct", run, *inputs, "--out", tmp_path / f"rec-{run.name}", "--resolution", 16, *frames,
-             "--device", "cpu", "--views", 2])
+        _ok(["reconstruct", run, *inputs, "--out", tmp_path / f"rec-{run.name}", "--resolution", 16, *own,
+             "--device", "cpu"])
     _ok(["train", "vae", vae_run / "config.yaml", f"init={vae_run}", f"run_dir={tmp_path / 'fine-tuned'}",
          "train.steps=2", "train.batch_size=2", f"data.dir={data}", "--no-progress"])
     assert (tmp_path / "fine-tuned" / "checkpoints" / "step-00000002" / "COMPLETE").is_file()

@@ -30,6 +30,11 @@ def register(domain: Domain, *, replace: bool = False) -> Domain:
     return domain
 
 
+def unregister(name: str) -> None:
+    """Forget a domain registered with :func:`register` (a built-in one is loaded again on use)."""
+    _registered.pop(name, None)
+
+
 def _load(target: str) -> Domain:
     module, _, attr = target.partition(":")
     obj = getattr(importlib.import_module(module), attr)
