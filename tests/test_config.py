@@ -47,3 +47,21 @@ def test_mixed_precision_no_on_the_command_line_means_fp32():
     """YAML reads a bare `no` as false: `train.mixed_precision=no` must still mean no."""
     cfg = load_config("image-tiny", ["train.mixed_precision=no", "ldm_train.mixed_precision=fp16"])
     assert cfg.train.mixed_precision == "no" and cfg.ldm_train.mixed_precision == "fp16"
+
+
+def test_an_unknown_key_names_the_closest_valid_ones():
+    import pytest
+
+    from ddmi.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"unknown config key 'vae.chmult'; did you mean 'vae.ch_mult'"):
+        load_config("image-tiny", ["vae.chmult=[1,2]"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'trian'; did you mean 'train'"):
+        load_config("image-tiny", ["trian.steps=3"])
+
+
+def test_a_list_without_brackets_says_how_to_write_it():
+    import pytest
+
+    from ddmi.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"'vae.ch_mult': it takes a list; write it in brackets"):
+        load_config("image-tiny", ["vae.ch_mult=1,2,4"])

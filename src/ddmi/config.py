@@ -220,11 +220,32 @@ def _read_yaml(source: str) -> tuple[dict, str]:
     return data, source
 
 
-def _explain(exc: OmegaConfBaseException) -> str:
+def _dotted_keys(node, prefix: str = "") -> list[str]:
+    keys = []
+    for k in node:
+        value = node[k] if not OmegaConf.is_missing(node, k) else None
+        keys.append(prefix + str(k))
+        if isinstance(value, DictConfig):
+            keys += _dotted_keys(value, f"{prefix}{k}.")
+    return keys
+
+
+def _explain(exc: OmegaConfBaseException, schema: DictConfig | None = None) -> str:
+    """One line for a config error: an unknown key with the closest valid ones, a list given
+    without brackets, a value of the wrong type."""
+    import difflib
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
     msg = str(exc).splitlines()[0]
     if "not in struct" in msg or "Key '" in msg and "not" in msg:
-        return f"unknown config key '{key}'"
+        hint = ""
+        if schema is not None and key:
+            depth = str(key).count(".")
+            same_depth = [k for k in _dotted_keys(schema) if k.count(".") == depth]
+            close = difflib.get_close_matches(str(key), same_depth, n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        return f"unknown config key '{key}'{hint} (`ddmi info PRESET` lists every key)"
+    if "ListConfig" in msg:
+        return f"bad value for config key '{key}': it takes a list; write it in brackets, e.g. {key}=[1,2,4]"
     return f"bad value for config key '{key}': {msg}"
 
 
@@ -268,7 +289,7 @@ def load_config(source: str | dict, overrides: list[str] | dict | None = None) -
             if cfg[section].mixed_precision in ("False", "false"):
                 cfg[section].mixed_precision = "no"
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"{name}: {_explain(exc)}") from None
+        raise ConfigError(f"{name}: {_explain(exc, schema)}") from None
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
