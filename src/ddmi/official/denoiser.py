@@ -43,6 +43,7 @@ import torch
 from ddmi.diffusion import alphas_cumprod as _alphas_cumprod
 from ddmi.diffusion import linear_sqrt_betas
 from ddmi.errors import CheckpointError
+from ddmi.official.settings import official_entry
 
 __all__ = [
     "SCHEDULE_BUFFERS",
@@ -137,21 +138,6 @@ def infer_unet(diffusion: Mapping[str, torch.Tensor]) -> dict:
                 triplane=triplane, stem_cross=stem_cross)
 
 
-def _find(official: Mapping | None, name: str) -> Mapping | None:
-    """``official[name]``, searched one level down too (a YAML may nest ``unetconfig`` under ``model``);
-    attribute access works for an ``argparse.Namespace``."""
-    if official is None:
-        return None
-    if not isinstance(official, Mapping):
-        official = vars(official)
-    if name in official:
-        return official[name]
-    for value in official.values():
-        if isinstance(value, Mapping) and name in value:
-            return value[name]
-    return None
-
-
 #: official ``unetconfig`` options ddmi's UNet does not implement, and the value of the official configs
 _UNSUPPORTED_UNET = {"use_scale_shift_norm": False, "resblock_updown": False, "use_spatial_transformer": False,
                      "dims": 2, "num_classes": None}
@@ -165,7 +151,7 @@ def _check_official_options(official: Mapping | None) -> None:
     sets them): scale-shift norm, ResBlock up/down-sampling, spatial transformers, conditioning,
     clipped x0 in the sampler, another parameterisation or schedule."""
     for name, table in (("unetconfig", _UNSUPPORTED_UNET), ("ddpmconfig", _UNSUPPORTED_DDPM)):
-        section = _find(official, name) or {}
+        section = official_entry(official, name) or {}
         for key, value in table.items():
             if key in section and section[key] != value:
                 raise CheckpointError(f"official {name}.{key} = {section[key]!r}: ddmi computes only "
@@ -175,14 +161,14 @@ def _check_official_options(official: Mapping | None) -> None:
 def _legacy_order(official: Mapping | None) -> bool:
     """Whether the qkv rows are in the legacy ``(heads, 3, head_dim)`` order (``QKVAttentionLegacy``, the
     ADM default ``use_new_attention_order: False``); the new order is ddmi's ``(3, heads, head_dim)``."""
-    u = _find(official, "unetconfig") or {}
+    u = official_entry(official, "unetconfig") or {}
     return not bool(u.get("use_new_attention_order", False))
 
 
 def _head_channels(official: Mapping | None, cfg) -> int:
     """The official ``num_head_channels`` (shapes do not tell): the YAML's ``unetconfig`` if given,
     else ``cfg.ldm.unet.num_head_channels``."""
-    u = _find(official, "unetconfig")
+    u = official_entry(official, "unetconfig")
     if u is not None:
         nhc = int(u.get("num_head_channels", -1))
         if nhc <= 0:
@@ -209,7 +195,7 @@ def official_ldm_config(diffusion: Mapping[str, torch.Tensor], cfg, official: Ma
     sizes = infer_unet(diffusion)
     check_schedule(diffusion)
     _check_official_options(official)
-    u = _find(official, "unetconfig")
+    u = official_entry(official, "unetconfig")
     if u is not None:
         for key in ("in_channels", "out_channels", "model_channels", "num_res_blocks"):
             if key in u and int(u[key]) != sizes[key]:
@@ -233,7 +219,7 @@ def official_ldm_config(diffusion: Mapping[str, torch.Tensor], cfg, official: Ma
     if u is not None and "dropout" in u:
         unet["dropout"] = float(u["dropout"])
     ldm: dict = dict(unet=unet, mixed_prediction="mixing_logit" in diffusion, latent_scale="1")
-    d = _find(official, "ddpmconfig")
+    d = official_entry(official, "ddpmconfig")
     if d is not None:
         if "mixed_init" in d:
             ldm["mixed_init"] = float(d["mixed_init"])
@@ -242,7 +228,7 @@ def official_ldm_config(diffusion: Mapping[str, torch.Tensor], cfg, official: Ma
     # training continued from an import averages like ema_pytorch.EMA(beta, update_every) with the
     # library's update_after_step = 100
     ldm["ema_after"] = 100
-    train = _find(official, "loss_config")
+    train = official_entry(official, "loss_config")
     if train is not None:
         if "ema_decay" in train:
             ldm["ema_decay"] = float(train["ema_decay"])

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 import torch
 
 from ddmi.errors import CheckpointError
+from ddmi.official.settings import official_entry
 
 #: official ``attn_type`` -> mid-attention heads (docs/official-code.md §2.1: ``vanilla`` single head,
 #: ``vanilla-multihead`` 16 heads)
@@ -52,23 +53,8 @@ def _need(sd: dict, key: str, section: str) -> torch.Tensor:
     return sd[key]
 
 
-def _find(official, name: str):
-    """``official[name]`` (a dict, an omegaconf ``DictConfig`` or the official ``argparse.Namespace``),
-    searched one level down too (a YAML may nest ``ddconfig`` under ``model``); None if absent."""
-    if official is None:
-        return None
-    if not isinstance(official, Mapping):
-        official = vars(official)
-    if name in official:
-        return official[name]
-    for value in official.values():
-        if isinstance(value, Mapping) and name in value:
-            return value[name]
-    return None
-
-
 def _official_dict(official, name: str) -> dict:
-    value = _find(official, name)
+    value = official_entry(official, name)
     return dict(value) if isinstance(value, Mapping) else {}
 
 
@@ -185,7 +171,7 @@ def official_config(sections: dict, cfg, official=None) -> dict:
     for key, value in {"ch": m["hidden"], "latent_dim": v["plane_channels"], "in_ch": si_channels}.items():
         if key in mc and mc[key] != value:
             raise CheckpointError(f"official mlpconfig.{key}={mc[key]} contradicts the weights ({value})")
-    embed_dim = _find(official, "embed_dim")
+    embed_dim = official_entry(official, "embed_dim")
     if embed_dim is not None and embed_dim != v["embed_dim"]:
         raise CheckpointError(f"official embed_dim={embed_dim} contradicts the weights ({v['embed_dim']})")
     return {
