@@ -31,7 +31,7 @@ def main(argv=None) -> None:
     from ddmi.generate import generate_latents, noise_for
     from ddmi.metrics.fid import features_from_batches, fid_from_features
     from ddmi.metrics.frechet import kid
-    from ddmi.metrics.image_sets import _reference_features
+    from ddmi.metrics.image_sets import reference_features
     from ddmi.metrics.inception import InceptionFeatures
     from ddmi.runs import load_autoencoder, load_diffusion
 
@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     ae = load_autoencoder(run)
     diffusion = load_diffusion(run, ae.latent_shape, ema=True)
     extractor = InceptionFeatures(batch_size=50)
-    ref = _reference_features(cfg, cfg.data.dir, ae.resolution, None, 0, extractor, run / "eval", print)
+    ref = reference_features(cfg, cfg.data.dir, ae.resolution, None, 0, extractor, run / "eval", print)
     noises = torch.stack([noise_for(0, i, ae.latent_shape) for i in range(args.num)])
     print(f"run {run}, {args.num} samples per row, reference: {len(ref)} training images at "
           f"{ae.resolution}x{ae.resolution}\n")
