@@ -97,6 +97,24 @@ def test_train_refuses_a_non_empty_folder_that_is_not_a_run(tmp_path, tiny_overr
     assert (run / "notes.txt").read_text() == "my notes"
 
 
+def test_a_lagging_process_does_not_take_the_main_one_s_new_run_for_a_foreign_folder(tmp_path):
+    """In multi-process training every process looks at the folder, then the main one writes it;
+    a slower process that reaches the new-folder check after the main process wrote ``run.yaml``
+    must not refuse the folder (it did, once, in CI: rank 1 exited 2)."""
+    from ddmi.commands.train import prepare_run_dir
+    from ddmi.config import load_config
+
+    cfg = load_config("image-tiny", {})
+    run = tmp_path / "run"
+    prepare_run_dir(cfg, "vae", run, True, existing=False)              # the main process, first
+    prepare_run_dir(cfg, "vae", run, False, existing=False)             # rank 1, late: no error
+    with pytest.raises(Exception, match="holds no ddmi run"):          # the main one still checks
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "notes.txt").write_text("x")
+        prepare_run_dir(cfg, "vae", other, True, existing=False)
+
+
 def test_an_exploding_loss_keeps_the_last_good_checkpoint_and_the_remedy_resumes_it(tmp_path, tiny_overrides,
                                                                                       monkeypatch, capsys):
     from ddmi.training import vae_task

@@ -122,3 +122,21 @@ def test_two_process_ldm_matches_one_process(tmp_path, vae_run, tiny_overrides):
     l1, l2, two = _one_and_two_processes(tmp_path, "ldm", base, 4, "loss")
     assert (two / "vae" / "model.safetensors").is_file()
     _assert_equal_losses(l1, l2, 3)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test on linux only")
+def test_two_processes_refuse_a_foreign_folder_once_and_do_not_hang(tmp_path, tiny_overrides):
+    """Only the main process checks a new folder; when it refuses, the launcher stops the other
+    process (waiting at a barrier) instead of leaving it hanging, and the user's file is kept."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                           "2", "--main_process_port", str(_free_port()), "-m", "ddmi", "train", "vae",
+                           "image-tiny", *tiny_overrides, f"run_dir={mine}", "train.steps=2", "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.count("not empty and holds no ddmi run") == 1, proc.stderr[-3000:]
+    assert (mine / "notes.txt").read_text() == "my notes"
+    assert not (mine / "run.yaml").exists()

@@ -71,13 +71,14 @@ def prepare_run_dir(cfg, stage: str, run_dir: Path, is_main: bool, *, existing: 
 
     ``existing``: whether the folder held a run before any process wrote to it (decided by every
     process before the main one creates the files, so none mistakes a half-written new folder
-    for a broken old one). A folder whose first start failed (``started: false`` in run.yaml:
-    a typo in ``data.dir``, a full disk) takes the new config. On resume, the keys of
-    :data:`RESUMABLE_DIFFS` and :data:`REMEDY_DIFFS` may change; changes are appended to
-    ``logs/history.jsonl``."""
+    for a broken old one). A new folder is checked by the main process alone (the others may
+    look after it wrote there); when it refuses, the launcher stops the others. A folder whose
+    first start failed (``started: false`` in run.yaml: a typo in ``data.dir``, a full disk)
+    takes the new config. On resume, the keys of :data:`RESUMABLE_DIFFS` and
+    :data:`REMEDY_DIFFS` may change; changes are appended to ``logs/history.jsonl``."""
     if not existing:
-        check_new_run_folder(run_dir)
-        if is_main:
+        if is_main:    # only the writer checks: a slower process would see the main one's new files
+            check_new_run_folder(run_dir)
             ckpt.init_run_dir(run_dir, cfg, stage)
         return
     if not ckpt.run_started(run_dir) and ckpt.latest_checkpoint(run_dir) is None:
