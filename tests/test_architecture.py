@@ -254,7 +254,8 @@ def _state_dict_digest(module) -> str:
 
 
 def test_state_dict_keys_are_those_of_the_release_before_the_layout_change():
-    """tests/data/state_dict_keys.json was written by ddmi at a5d973d (before the layout change):
+    """tests/data/state_dict_keys.json was written by ddmi at a5d973d (before the layout change;
+    the entry of image-demo, a later preset, when it was added):
     every preset's autoencoder, discriminator and (CPU presets) diffusion model has the same keys
     and shapes, so existing run folders and checkpoints load unchanged."""
     import json

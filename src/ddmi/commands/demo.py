@@ -15,10 +15,12 @@ from ddmi.cli import main
 from ddmi.commands.options import log, torch_threads
 from ddmi.errors import DDMIError
 
-#: Steps, LDM batch size and number of training images for the full and the quick demo, sized
-#: to finish in about 8 minutes here. The LDM trains at batch 32 (the preset: 64): in the same
-#: time, more steps at 32 reach a lower loss than fewer at 64 (docs/benchmarks.md, "Demo budget").
-FULL = {"vae_steps": 600, "ldm_steps": 2000, "ldm_batch": 32, "images": 2000}
+#: Steps, LDM batch size and number of training images for the full and the quick demo. The
+#: model is the ``image-demo`` preset (image-tiny at half width); the steps are sized so that the
+#: demo, install included, finishes in under 10 minutes on a 2-core AVX2-only CPU (about 3.5
+#: minutes on a 2-core AVX-512 one; docs/benchmarks.md, "Demo budget").
+PRESET = "image-demo"
+FULL = {"vae_steps": 600, "ldm_steps": 800, "ldm_batch": 32, "images": 2000}
 QUICK = {"vae_steps": 6, "ldm_steps": 6, "ldm_batch": 8, "images": 64}
 
 
@@ -43,11 +45,11 @@ def run_demo(out: Path, *, quick: bool = False, log=print) -> int:
         log(f"[1/5] reusing the synthetic images in {data}")
 
     log(f"[2/5] training the D2C-VAE for {plan['vae_steps']} steps -> {vae}")
-    _run(["train", "vae", "image-tiny", f"data.dir={data / 'train'}", f"data.test_dir={data / 'test'}",
+    _run(["train", "vae", PRESET, f"data.dir={data / 'train'}", f"data.test_dir={data / 'test'}",
           f"run_dir={vae}", f"train.steps={plan['vae_steps']}", *progress])
 
     log(f"[3/5] training the latent diffusion model for {plan['ldm_steps']} steps -> {ldm}")
-    _run(["train", "ldm", "image-tiny", f"vae={vae}", f"run_dir={ldm}",
+    _run(["train", "ldm", PRESET, f"vae={vae}", f"run_dir={ldm}",
           f"train.steps={plan['ldm_steps']}", f"train.batch_size={plan['ldm_batch']}", *progress])
 
     log("[4/5] sampling 64 images, rendered at 32x32 and 128x128 from the same latents")
