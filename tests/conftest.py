@@ -55,3 +55,35 @@ def ldm_run(tmp_path_factory, tiny_overrides, vae_run):
     assert main(["train", "ldm", "image-tiny", *tiny_overrides, f"vae={vae_run}", f"run_dir={run}",
                  "train.steps=4", *LDM_ARGS]) == 0
     return run
+
+
+class TerminalText:
+    """A text stream that says it is a terminal (progress bars show only on terminals); ``text``
+    is what was written to it."""
+
+    def __init__(self):
+        import io
+        self._buffer = io.StringIO()
+
+    def write(self, s: str) -> int:
+        return self._buffer.write(s)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+    @property
+    def text(self) -> str:
+        return self._buffer.getvalue()
+
+
+@pytest.fixture
+def terminal_stderr(monkeypatch):
+    """``sys.stderr`` replaced by a :class:`TerminalText` for the test: what the progress bars
+    would show a user at a terminal."""
+    import sys
+    stream = TerminalText()
+    monkeypatch.setattr(sys, "stderr", stream)
+    return stream

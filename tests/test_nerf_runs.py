@@ -2,6 +2,7 @@
 one synthetic scene to a stated PSNR on held-out views."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 
 from ddmi.cli import main
+from conftest import TerminalText
 from ddmi.config import load_config
 from ddmi.data.srn import NeRFDataset, write_scene
 from ddmi.data.synthetic_nerf import render_synthetic_car
@@ -23,7 +25,7 @@ FAST = ["nerf.num_points=256", "nerf.num_rays=64", "nerf.num_samples=12", "nerf.
         "--no-progress"]
 
 
-def test_cli_end_to_end(tmp_path, capsys):
+def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
     data, vae, ldm, out, rec = (tmp_path / n for n in ("data", "vae", "ldm", "out", "rec"))
     assert main(["synth", "nerf", str(data), "--num", "3", "--test", "1", "--views", "5", "--resolution", "16",
                  "--points", "400", "--seed", "1"]) == 0
@@ -64,6 +66,15 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert entry["views"] == [0, 2, 4] and np.isfinite(summary["mean_psnr"])
     assert (rec / "synth_t00000_view002.png").is_file() and (rec / "synth_t00000_compare.png").is_file()
     assert main(["reconstruct", str(vae), str(held), "--out", str(rec)]) == 2    # no silent overwrite
+    # rendering shows its progress at a terminal
+    with monkeypatch.context() as m:
+        tty = TerminalText()
+        m.setattr(sys, "stderr", tty)
+        assert main(["sample", str(ldm), "--out", str(tmp_path / "tty"), "--num", "2", "--steps", "2",
+                     "--resolution", "12", "--resolution", "20"]) == 0
+        assert "rendering turntables (4 frames)" in tty.text and "/4 " in tty.text, tty.text
+        assert main(["reconstruct", str(vae), str(held), "--out", str(tmp_path / "tty-rec"), "--views", "3"]) == 0
+        assert "reconstructing" in tty.text and "/1 " in tty.text
     bad = tmp_path / "bad.npz"
     np.savez(bad, images=np.zeros((1, 2, 2, 3)))
     capsys.readouterr()

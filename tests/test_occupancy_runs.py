@@ -1,10 +1,13 @@
 """Occupancy end to end: CLI (synth -> VAE -> LDM -> meshes), reconstruction, and overfitting IoU."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from ddmi.cli import main
+from conftest import TerminalText
 from ddmi.config import load_config
 from occupancy_fixtures import shape_data  # noqa: F401 (fixture)
 from ddmi.data.shapes import ShapesDataset, split_item
@@ -20,7 +23,7 @@ FAST = ["vae.ch=8", "shapes.num_points=256", "shapes.num_queries=256", "mlp.hidd
         "train.batch_size=2", "ldm_train.batch_size=4", "--no-progress"]
 
 
-def test_cli_end_to_end(tmp_path, capsys):
+def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
     data = tmp_path / "data"
     assert main(["synth", "shapes", str(data), "--num", "3", "--test", "1", "--points", "4000", "--seed", "2"]) == 0
     assert main(["synth", "shapes", str(data), "--num", "3"]) == 2           # refuses to overwrite
@@ -37,9 +40,19 @@ def test_cli_end_to_end(tmp_path, capsys):
     v, f = read_ply(out / "sample_00000_32.ply")
     if len(f):                      # an untrained model may give an empty surface; if not, closed
         assert is_watertight(f) and np.abs(v).max() <= 0.55 + 1e-5
-    capsys.readouterr()
+    assert "meshing at" not in capsys.readouterr().err      # no bar when stderr is not a terminal
     assert main(["sample", str(ldm), "--out", str(out), "--num", "1", "--steps", "2", "--resolution", "32"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+    # meshing shows its progress at a terminal
+    with monkeypatch.context() as m:
+        tty = TerminalText()
+        m.setattr(sys, "stderr", tty)
+        assert main(["sample", str(ldm), "--out", str(tmp_path / "tty"), "--num", "2", "--steps", "2",
+                     "--resolution", "32"]) == 0
+        assert "meshing at 32^3" in tty.text and "/2 " in tty.text
+        assert main(["reconstruct", str(vae), *map(str, sorted(data.glob("*/synth*/pointcloud.npz"))[:2]),
+                     "--out", str(tmp_path / "tty-rec"), "--resolution", "24"]) == 0
+        assert "reconstructing at 24^3" in tty.text and "/2 " in tty.text
     # reconstruct: point-cloud files -> meshes
     pcs = sorted(data.glob("*/synth*/pointcloud.npz"))[:2]
     rec = tmp_path / "rec"

@@ -10,6 +10,7 @@ from ddmi.data.images import load_image, resize, save_grid, save_image
 from ddmi.devices import model_device
 from ddmi.files import output_stems
 from ddmi.metrics.image_quality import psnr
+from ddmi.progress import progress_bar, share
 
 
 def write_preview(ae, preview: torch.Tensor, path: Path) -> list[Path]:
@@ -53,13 +54,16 @@ def write_samples(args, ae, batches, count: int, shard, log) -> str:
     process); with ``--interpolate`` one strip per resolution."""
     out, resolutions = Path(args.out), args.resolution or [ae.resolution]
     rendered = {r: [] for r in resolutions}
-    for i, z in batches:
-        for r in resolutions:
-            imgs = ae.render(z, r).cpu()
-            if not args.interpolate:
-                for j, img in enumerate(imgs):
-                    save_image(img, out / f"sample_{i + j:05d}_{r}.png")
-            rendered[r].append((i, imgs))
+    with progress_bar(share(count, shard.world) * len(resolutions), "decoding images", "image",
+                      enabled=shard.is_main) as bar:
+        for i, z in batches:
+            for r in resolutions:
+                imgs = ae.render(z, r).cpu()
+                if not args.interpolate:
+                    for j, img in enumerate(imgs):
+                        save_image(img, out / f"sample_{i + j:05d}_{r}.png")
+                rendered[r].append((i, imgs))
+                bar.update(len(z))
     for r in resolutions:
         imgs = torch.cat(shard.gather_by_start(rendered[r]))
         if shard.is_main:

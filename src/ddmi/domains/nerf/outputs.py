@@ -21,6 +21,7 @@ from ddmi.data.images import tile
 from ddmi.data.images import to_uint8 as pixels_uint8
 from ddmi.errors import DataError
 from ddmi.files import output_stems
+from ddmi.progress import progress_bar, share
 from ddmi.render.video import write_gif
 from ddmi.render.volume import SRN_FOV, focal_from_fov, render_views, turntable_poses
 
@@ -154,17 +155,20 @@ def write_samples(args, ae, batches, count: int, shard, log) -> str:
     frames = args.frames[0] if getattr(args, "frames", None) else None
     poses = turntable(ae, frames, radius=getattr(args, "radius", None), elevation=getattr(args, "elevation", None))
     rows = {r: [] for r in resolutions}
-    for i0, z in batches:
-        for r in resolutions:
-            for k0 in range(len(z)):
-                i = i0 + k0
-                frames = to_uint8(render_latents(ae, z[k0:k0 + 1], poses, r)[0])
-                for k, f in enumerate(frames):
-                    write_png(out / stems[r][i] / f"frame_{k:03d}.png", f)
-                write_gif(frames, out / f"{stems[r][i]}.gif", fps=TURNTABLE_FPS)
-                row = frames[np.linspace(0, len(frames) - 1, min(8, len(frames)), endpoint=False).astype(int)] \
-                    if len(frames) > 8 else frames
-                rows[r].append((i, row))
+    with progress_bar(share(count, shard.world) * len(resolutions),
+                      f"rendering turntables ({len(poses)} frames)", "turntable", enabled=shard.is_main) as bar:
+        for i0, z in batches:
+            for r in resolutions:
+                for k0 in range(len(z)):
+                    i = i0 + k0
+                    frames = to_uint8(render_latents(ae, z[k0:k0 + 1], poses, r)[0])
+                    for k, f in enumerate(frames):
+                        write_png(out / stems[r][i] / f"frame_{k:03d}.png", f)
+                    write_gif(frames, out / f"{stems[r][i]}.gif", fps=TURNTABLE_FPS)
+                    row = frames[np.linspace(0, len(frames) - 1, min(8, len(frames)), endpoint=False).astype(int)] \
+                        if len(frames) > 8 else frames
+                    rows[r].append((i, row))
+                    bar.update(1)
     for r in resolutions:
         gathered = shard.gather_by_start(rows[r])
         if shard.is_main:
@@ -195,28 +199,30 @@ def reconstruct_nerf_command(ae, args, log=print) -> int:
     results = {}
     stems = output_stems(args.inputs)
     nc = ae.nerf
-    for path, stem in zip(args.inputs, stems):
-        s = read_scene(path)
-        pts = s["points"]
-        pts[:, :3] *= nc.points_scale
-        pick = np.random.default_rng(0).choice(len(pts), ae.num_points, replace=len(pts) < ae.num_points)
-        v, h, w, _ = s["images"].shape
-        views = np.unique(np.linspace(0, v - 1, min(nviews, v)).round().astype(int))
-        res = args.resolution or w
-        with torch.inference_mode():
-            z = ae.encode(torch.from_numpy(pts[pick])[None].to(model_device(ae))).mode()
-            pred = render_latents(ae, z, torch.from_numpy(s["poses"][views]), res)[0].cpu()   # (V, 3, R, R)
-        frames = to_uint8(pred)
-        for k, f in zip(views, frames):
-            write_png(out / f"{stem}_view{k:03d}.png", f)
-        gt = _gt_views(s, views, res)
-        entry = {"views": views.tolist(), "resolution": res}
-        if res == w and h == w:
-            entry["psnr"] = float(psnr(pred.float(), gt, data_range=1.0).mean())
-            if res >= 11:
-                entry["ssim"] = float(ssim(pred.float(), gt, data_range=1.0).mean())
-        results[str(path)] = entry
-        write_png(out / f"{stem}_compare.png", sheet([to_uint8(gt), frames]))
+    with progress_bar(len(args.inputs), "reconstructing", "object") as bar:
+        for path, stem in zip(args.inputs, stems):
+            s = read_scene(path)
+            pts = s["points"]
+            pts[:, :3] *= nc.points_scale
+            pick = np.random.default_rng(0).choice(len(pts), ae.num_points, replace=len(pts) < ae.num_points)
+            v, h, w, _ = s["images"].shape
+            views = np.unique(np.linspace(0, v - 1, min(nviews, v)).round().astype(int))
+            res = args.resolution or w
+            with torch.inference_mode():
+                z = ae.encode(torch.from_numpy(pts[pick])[None].to(model_device(ae))).mode()
+                pred = render_latents(ae, z, torch.from_numpy(s["poses"][views]), res)[0].cpu()   # (V, 3, R, R)
+            frames = to_uint8(pred)
+            for k, f in zip(views, frames):
+                write_png(out / f"{stem}_view{k:03d}.png", f)
+            gt = _gt_views(s, views, res)
+            entry = {"views": views.tolist(), "resolution": res}
+            if res == w and h == w:
+                entry["psnr"] = float(psnr(pred.float(), gt, data_range=1.0).mean())
+                if res >= 11:
+                    entry["ssim"] = float(ssim(pred.float(), gt, data_range=1.0).mean())
+            results[str(path)] = entry
+            write_png(out / f"{stem}_compare.png", sheet([to_uint8(gt), frames]))
+            bar.update(1)
     scored = [e["psnr"] for e in results.values() if "psnr" in e]
     summary = {"objects": results}
     if scored:
@@ -313,7 +319,8 @@ def evaluate_run(run_dir: Path, cfg, stage: str, ae, generate, *, metrics, num, 
         batches, sampler, steps = generate(num_gen)
         out = run_dir / "eval" / f"samples-{sampler}{steps or ''}-{res}"
         gen_f = []
-        with torch.inference_mode():
+        with torch.inference_mode(), progress_bar(share(num_gen, shard.world), f"rendering samples at {res}x{res}",
+                                                  "sample", enabled=shard.is_main) as bar:
             for i0, z in batches:
                 for k in range(len(z)):
                     i = i0 + k
@@ -322,6 +329,7 @@ def evaluate_run(run_dir: Path, cfg, stage: str, ae, generate, *, metrics, num, 
                     write_png(out / f"sample_{i:05d}.png", sheet([frames]))
                     gen_f.append((i, features_from_batches([torch.from_numpy(frames).permute(0, 3, 1, 2)],
                                                            extractor)))
+                    bar.update(1)
         gen_f = shard.gather_by_start(gen_f)
         if not shard.is_main:
             return results

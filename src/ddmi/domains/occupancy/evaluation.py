@@ -11,6 +11,7 @@ from ddmi.data.shapes import ShapesDataset, find_models
 from ddmi.domains.occupancy.meshes import extract_meshes, mesh_point_clouds, shape_metrics
 from ddmi.domains.occupancy.model import occupancy_iou
 from ddmi.errors import DataError
+from ddmi.progress import progress_bar, share
 
 GENERATION_METRICS = {"mmd-cd", "cov-cd", "1nna-cd"}
 
@@ -43,7 +44,7 @@ def evaluate_run(run_dir: Path, cfg, stage: str, ae, generate, *, metrics, num, 
     dev = shard.device
     if shard.is_main and "iou" in metrics:
         ious = []
-        with torch.inference_mode():
+        with torch.inference_mode(), progress_bar(len(picked), "reconstruction IoU", "shape") as bar:
             for i in picked:
                 item = ds[int(i)][None].to(dev)
                 z = ae.reconstruction_latent(ae.encode(item[:, :sc.num_points, :3]).mode())
@@ -51,6 +52,7 @@ def evaluate_run(run_dir: Path, cfg, stage: str, ae, generate, *, metrics, num, 
                 logits = ae.decode(z).query(ae.normalize(torch.from_numpy(points).float().to(dev)))[..., 0]
                 ious.append(float(occupancy_iou(logits, torch.from_numpy(occ).float()[None].to(dev),
                                                 ae.threshold_logit)))
+                bar.update(1)
         results["iou"] = float(np.mean(ious))
 
     if GENERATION_METRICS & set(metrics):
@@ -58,10 +60,11 @@ def evaluate_run(run_dir: Path, cfg, stage: str, ae, generate, *, metrics, num, 
         num_gen = num or 100
         batches, sampler, steps = generate(num_gen)
         mine = []
-        with torch.inference_mode():
+        with torch.inference_mode(), progress_bar(share(num_gen, shard.world), f"meshing at {res}^3", "mesh",
+                                                  enabled=shard.is_main) as bar:
             for i, z in batches:
                 mine.append((i, extract_meshes(ae.decode(z), res, threshold=ae.threshold,
-                                               half_extent=ae.half_extent)))
+                                               half_extent=ae.half_extent, progress=bar)))
         meshes = [m for batch in shard.gather_by_start(mine) for m in batch]
         if not shard.is_main:
             return results

@@ -21,6 +21,7 @@ from ddmi.data.npz import load_npy
 from ddmi.errors import ConfigError, DataError
 from ddmi.fields import Field, pixel_centers
 from ddmi.files import output_stems
+from ddmi.progress import progress_bar, share
 from ddmi.render import mesh as meshio
 
 Mesh = tuple[np.ndarray, np.ndarray]   # (vertices (V, 3) float32 world frame, faces (F, 3) int64)
@@ -49,14 +50,17 @@ def field_volume(field: Field, resolution: int, *, slab_points: int = 1 << 18) -
 
 
 def extract_meshes(field: Field, resolution: int, *, threshold: float = 0.2, half_extent: float = 0.55,
-                   slab_points: int = 1 << 18) -> list[Mesh]:
+                   slab_points: int = 1 << 18, progress=None) -> list[Mesh]:
     """One watertight mesh per field of the batch, in the world frame (one field at a time, so
-    memory holds a single ``R^3`` volume)."""
+    memory holds a single ``R^3`` volume). ``progress``: a bar (:func:`ddmi.progress.progress_bar`)
+    advanced by one per mesh."""
     level = math.log(threshold / (1.0 - threshold))
     meshes = []
     for i in range(field.batch_size):
         vol = field_volume(field[i], resolution, slab_points=slab_points)[0]
         meshes.append(meshio.marching_cubes(vol, level, lo=-half_extent, hi=half_extent))
+        if progress is not None:
+            progress.update(1)
     return meshes
 
 
@@ -131,12 +135,16 @@ def write_samples(args, ae, batches, count: int, shard, log) -> str:
     out, stems = Path(args.out), _stems(args, count)
     resolutions = list(stems)
     tiles, empty = {r: [] for r in resolutions}, {r: 0 for r in resolutions}
-    for i, z in batches:
-        for r in resolutions:
-            meshes = extract_meshes(ae.decode(z), r, threshold=ae.threshold, half_extent=ae.half_extent)
-            _, t = write_mesh_files(meshes, out, stems[r][i:i + len(z)], half_extent=ae.half_extent)
-            tiles[r].append((i, t))
-            empty[r] += sum(len(f) == 0 for _, f in meshes)
+    where = ", ".join(f"{r}^3" for r in resolutions)
+    with progress_bar(share(count, shard.world) * len(resolutions), f"meshing at {where}", "mesh",
+                      enabled=shard.is_main) as bar:
+        for i, z in batches:
+            for r in resolutions:
+                meshes = extract_meshes(ae.decode(z), r, threshold=ae.threshold, half_extent=ae.half_extent,
+                                        progress=bar)
+                _, t = write_mesh_files(meshes, out, stems[r][i:i + len(z)], half_extent=ae.half_extent)
+                tiles[r].append((i, t))
+                empty[r] += sum(len(f) == 0 for _, f in meshes)
     for r in resolutions:
         grid = [t for batch in shard.gather_by_start(tiles[r]) for t in batch]
         n_empty = sum(shard.gather([empty[r]]))
@@ -193,15 +201,17 @@ def reconstruct_shapes_command(ae, args, log=print) -> int:
     rng = np.random.default_rng(0)
     stems = [f"{s}_rec{res}" for s in output_stems(args.inputs)]
     meshes = []
-    for path in args.inputs:
-        pts = load_point_cloud(Path(path))
-        if getattr(args, "normalize", False):
-            lo, hi = pts.min(0), pts.max(0)
-            pts = (pts - (lo + hi) / 2) / max(float((hi - lo).max()), 1e-12)
-        pts = pts[rng.integers(0, len(pts), ae.num_points)]
-        with torch.inference_mode():
-            z = ae.reconstruction_latent(ae.encode(torch.from_numpy(pts)[None].to(model_device(ae))).mode())
-            meshes += extract_meshes(ae.decode(z), res, threshold=ae.threshold, half_extent=ae.half_extent)
+    with progress_bar(len(args.inputs), f"reconstructing at {res}^3", "mesh") as bar:
+        for path in args.inputs:
+            pts = load_point_cloud(Path(path))
+            if getattr(args, "normalize", False):
+                lo, hi = pts.min(0), pts.max(0)
+                pts = (pts - (lo + hi) / 2) / max(float((hi - lo).max()), 1e-12)
+            pts = pts[rng.integers(0, len(pts), ae.num_points)]
+            with torch.inference_mode():
+                z = ae.reconstruction_latent(ae.encode(torch.from_numpy(pts)[None].to(model_device(ae))).mode())
+                meshes += extract_meshes(ae.decode(z), res, threshold=ae.threshold, half_extent=ae.half_extent,
+                                         progress=bar)
     write_meshes(meshes, out, stems, half_extent=ae.half_extent, grid_name="reconstructions.png")
     log(f"wrote {len(meshes)} reconstructed meshes at {res}^3 to {out} (PLY + OBJ + PNG each)")
     return 0

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ddmi.files import output_stems
+from ddmi.progress import progress_bar, share
 from ddmi.render import video as vio
 
 
@@ -71,11 +72,13 @@ def write_samples(args, ae, batches, count: int, shard, log) -> str:
     out, stems = Path(args.out), _stems(args, ae, count)
     sizes = list(stems)
     rendered = {s: [] for s in sizes}
-    for i, z in batches:
-        for r, f in sizes:
-            clips = ae.render(z, r, f).cpu()
-            write_clips(clips, out, stems[(r, f)][i:i + len(z)], fps=ae.fps, sheet=None, log=lambda m: None)
-            rendered[(r, f)].append((i, clips))
+    with progress_bar(share(count, shard.world) * len(sizes), "decoding clips", "clip", enabled=shard.is_main) as bar:
+        for i, z in batches:
+            for r, f in sizes:
+                clips = ae.render(z, r, f).cpu()
+                write_clips(clips, out, stems[(r, f)][i:i + len(z)], fps=ae.fps, sheet=None, log=lambda m: None)
+                rendered[(r, f)].append((i, clips))
+                bar.update(len(z))
     for r, f in sizes:
         clips = torch.cat(shard.gather_by_start(rendered[(r, f)]))
         if shard.is_main:
