@@ -11,6 +11,7 @@ def test_quick_demo_writes_the_pictures_it_announces(tmp_path, capsys):
     err = capsys.readouterr().err
     listed = [line.strip() for line in err.splitlines() if line.startswith("  ") and line.strip().endswith(".png")]
     assert len(listed) == 5
+    assert "the demo took 0 min" in err or "the demo took 1 min" in err     # it says what it took
     sizes = {p: Image.open(p).size for p in listed}
     assert all(w > 0 and h > 0 for w, h in sizes.values())
     with Image.open(out / "samples" / "sample_00000_128.png") as im:

@@ -9,6 +9,7 @@ held-out images at both sizes. Everything goes through the same code as the ``dd
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ddmi.cli import main
@@ -32,6 +33,7 @@ def _run(argv: list[str]) -> None:
 
 def run_demo(out: Path, *, quick: bool = False, log=print) -> int:
     plan = QUICK if quick else FULL
+    started = time.monotonic()
     out = Path(out).resolve()  # run folders record absolute data paths: usable from anywhere
     data = out / "data"
     vae, ldm = out / "runs" / "vae", out / "runs" / "ldm"
@@ -71,6 +73,8 @@ def run_demo(out: Path, *, quick: bool = False, log=print) -> int:
                  out / "reconstructions_128" / "reconstructions.png"):
         log(f"  {path}")
     log(f"training images: {data / 'train'}; run folders: {vae}, {ldm}")
+    minutes, seconds = divmod(round(time.monotonic() - started), 60)
+    log(f"the demo took {minutes} min {seconds} s")
     return 0
 
 
