@@ -55,6 +55,18 @@ def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
     assert main(["sample", str(ldm), "--out", str(cam), "--num", "1", "--steps", "2", "--resolution", "12",
                  "--frames", "3", "--radius", "3.5", "--elevation", "45"]) == 0
     assert Image.open(cam / "sample_00000_12.gif").n_frames == 3
+    # the Python pipeline renders the same views from the same camera path (and from any poses)
+    import ddmi
+    pipe = ddmi.DDMIPipeline.from_run(ldm, device="cpu")
+    drawn = pipe(1, seed=0, steps=2)
+    views = pipe.render(drawn.latents, resolution=12, frames=3, radius=3.5, elevation=45)
+    assert views.shape == (1, 3, 3, 12, 12) and -1 <= views.min() and views.max() <= 1
+    cli = np.stack([np.asarray(Image.open(cam / "sample_00000_12" / f"frame_{k:03d}.png")) for k in range(3)])
+    mine = ((views[0] + 1) / 2 * 255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    assert np.abs(mine.astype(int) - cli.astype(int)).max() <= 1
+    two = pipe.render(drawn.latents, resolution=12, poses=torch.eye(4)[None].repeat(2, 1, 1) @ torch.tensor(
+        [[1., 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1.3], [0, 0, 0, 1]]))
+    assert two.shape == (1, 2, 3, 12, 12)
     capsys.readouterr()
     assert main(["sample", str(ldm), "--out", str(out), "--num", "1", "--steps", "2", "--resolution", "12"]) == 2
     assert "--overwrite" in capsys.readouterr().err

@@ -41,6 +41,14 @@ def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
     if len(f):                      # an untrained model may give an empty surface; if not, closed
         assert is_watertight(f) and np.abs(v).max() <= 0.55 + 1e-5
     assert "meshing at" not in capsys.readouterr().err      # no bar when stderr is not a terminal
+    # the Python pipeline gives the same meshes as `ddmi sample`
+    import ddmi
+    pipe = ddmi.DDMIPipeline.from_run(ldm, device="cpu")
+    found = pipe.render(pipe(2, seed=0, steps=2).latents, resolution=32)
+    assert len(found) == 2
+    for i, (verts, faces) in enumerate(found):
+        v, f = read_ply(out / f"sample_{i:05d}_32.ply")
+        assert verts.shape == v.shape and faces.shape == f.shape and np.allclose(verts, v, atol=1e-5)
     assert main(["sample", str(ldm), "--out", str(out), "--num", "1", "--steps", "2", "--resolution", "32"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     # meshing shows its progress at a terminal

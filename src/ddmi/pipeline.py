@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ddmi import checkpoint as ckpt
+from ddmi import domains
 from ddmi.devices import resolve_device
 from ddmi.diffusion import SAMPLERS
 from ddmi.errors import ConfigError
@@ -109,10 +110,13 @@ class DDMIPipeline:
         return self.autoencoder.decode(z.to(self.device))
 
     @torch.inference_mode()
-    def render(self, z: torch.Tensor, **options) -> torch.Tensor:
-        """Latents rendered by the domain (images: ``resolution=``; videos: ``resolution=``,
-        ``frames=``), values in [-1, 1]."""
-        if not hasattr(self.autoencoder, "render"):
-            raise ConfigError(f"the {self.config.domain} autoencoder has no render(); query the field of "
-                              "decode(z) (3-D shapes: `ddmi sample` writes meshes, NeRF: turntables)")
-        return self.autoencoder.render(z.to(self.device), **options)
+    def render(self, z: torch.Tensor, **options):
+        """Latents ``(B, *latent_shape)`` rendered by the run's domain:
+
+        * images: ``render(z, resolution=R)`` -> ``(B, 3, R, R)`` in [-1, 1];
+        * videos: ``render(z, resolution=R, frames=T)`` -> ``(B, 3, T, R, R)`` in [-1, 1];
+        * NeRF: ``render(z, resolution=R, poses=(V, 4, 4))`` or the turntable of ``frames=``,
+          ``radius=``, ``elevation=`` -> ``(B, V, 3, R, R)`` in [-1, 1];
+        * 3-D shapes: ``render(z, resolution=R)`` -> a list of meshes ``(vertices, faces)`` at ``R^3``.
+        """
+        return domains.get(self.config.domain).render(self.autoencoder, z.to(self.device), **options)

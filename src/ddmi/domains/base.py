@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset
 
-from ddmi.errors import DataError
+from ddmi.errors import ConfigError, DataError
 
 Log = Callable[[str], None]
 # ``generate(num) -> (batches, sampler, steps)``: this process's share of ``num`` latents sampled by
@@ -106,6 +106,15 @@ class Domain:
     def write_latent_preview(self, ae: nn.Module, z: torch.Tensor, path: Path) -> list[Path]:
         """A picture of generated latents ``z`` (stage-2 periodic samples)."""
         return []
+
+    # --- Python rendering -----------------------------------------------------------------
+    def render(self, ae: nn.Module, z: torch.Tensor, **options) -> Any:
+        """Latents ``z`` -> the domain's rendered output (:meth:`ddmi.DDMIPipeline.render`).
+        Default: the autoencoder's own ``render(z, **options)`` (images: ``resolution=``;
+        videos: ``resolution=``, ``frames=``), values in [-1, 1]."""
+        if not hasattr(ae, "render"):
+            raise ConfigError(f"the {self.name} domain renders nothing from Python; query the field of decode(z)")
+        return ae.render(z, **options)
 
     # --- commands -------------------------------------------------------------------------
     #: the options of ``ddmi synth`` / ``sample`` / ``reconstruct`` that this domain reads beyond

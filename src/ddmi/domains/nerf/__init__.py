@@ -3,10 +3,13 @@ volume-rendered turntables at any resolution."""
 
 from __future__ import annotations
 
+import torch
+
 from ddmi.domains.base import Domain
 from ddmi.domains.nerf import outputs
 from ddmi.domains.nerf.config import NeRFConfig
 from ddmi.domains.nerf.model import NeRFAutoencoder
+from ddmi.errors import ConfigError
 from ddmi.vae.triplane_coords import PLANES
 
 
@@ -32,6 +35,19 @@ class NeRFDomain(Domain):
     default_metrics = {"ldm": ("fid", "kid"), "vae": ("psnr", "ssim")}
     point_clouds = True
     data_hint = " (srn-cars layout; see `ddmi synth nerf`)"
+
+    def render(self, ae, z, *, resolution: int = 128, poses=None, frames: int | None = None,
+               radius: float | None = None, elevation: float | None = None):
+        """Views ``(B, V, 3, R, R)`` in [-1, 1] of the latents' radiance fields at ``resolution``
+        from camera-to-world ``poses`` ``(V, 4, 4)`` (OpenGL convention, the data's world frame);
+        without poses, the run's turntable (``frames``, ``radius``, ``elevation`` in degrees: the
+        options of ``ddmi sample``)."""
+        if poses is None:
+            poses = outputs.turntable(ae, frames, radius=radius, elevation=elevation)
+        poses = torch.as_tensor(poses, dtype=torch.float32)
+        if poses.ndim != 3 or tuple(poses.shape[1:]) != (4, 4):
+            raise ConfigError(f"poses must be (V, 4, 4) camera-to-world matrices, got {tuple(poses.shape)}")
+        return outputs.render_latents(ae, z, poses, resolution) * 2 - 1
 
     def validate(self, cfg, check):
         nc = cfg.nerf

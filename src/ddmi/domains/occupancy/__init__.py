@@ -38,6 +38,12 @@ class OccupancyDomain(Domain):
     run_metrics = ("mmd-cd", "cov-cd", "1nna-cd", "iou")
     default_metrics = {"ldm": ("mmd-cd", "cov-cd", "1nna-cd"), "vae": ("iou",)}
     point_clouds = True
+
+    def render(self, ae, z, *, resolution: int = 128):
+        """Meshes of the latents' occupancy fields at ``resolution^3`` (those of ``ddmi sample
+        --resolution R``): a list of ``(vertices (V, 3) float32 in the world frame, faces (F, 3)
+        int64)``, watertight."""
+        return meshes.extract_meshes(ae.decode(z), resolution, threshold=ae.threshold, half_extent=ae.half_extent)
     data_hint = " (ONet layout; see `ddmi synth shapes`)"
 
     def validate(self, cfg, check):
